@@ -1,0 +1,129 @@
+"""`tweetgen-run`: write tweets with an exported model. Tweets go to stdout, everything else to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import NoDefaultModelError, TweetgenError
+from .folder import PRECISIONS
+from .generator import DEVICES, Generator
+
+DEFAULT_MODEL_NAME = "tweety"  # exported/<this> is used when neither --model nor $TWEETGEN_MODEL says otherwise
+EXPORTED_DIR = Path(__file__).resolve().parent.parent / "exported"
+
+EXAMPLES = """\
+examples:
+  tweetgen-run "My dream is"                       one tweet from the default model, streamed
+  tweetgen-run -n 5 --seed 0 "My dream is"         five tweets, the same five every time
+  tweetgen-run --user elonmusk "Mars"              one voice of a multi-user model
+  tweetgen-run -m exported/dril -t 0.8 "I will"    another model, cooler sampling
+  echo "Today I" | tweetgen-run --json             prompt from stdin, JSON out
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tweetgen-run", description="Write tweets in someone's voice with an exported tweetgen model.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", nargs="?", help="start of the tweet (read from stdin when piped; default empty)")
+    parser.add_argument("-m", "--model", help="exported model folder (default: $TWEETGEN_MODEL, else the default "
+                                              f"model exported/{DEFAULT_MODEL_NAME})")
+    parser.add_argument("-n", type=int, default=1, help="how many tweets (default 1)")
+    parser.add_argument("--max-new-tokens", type=int, help="tokens to add at most (default: the model's)")
+    parser.add_argument("-t", "--temperature", type=float, help="0 is greedy (default: the model's)")
+    parser.add_argument("-k", "--top-k", type=int, help="sample from the k likeliest tokens; 0 = all")
+    parser.add_argument("-p", "--top-p", type=float, help="nucleus sampling, in (0, 1]")
+    parser.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats (1 = none)")
+    parser.add_argument("--seed", type=int, help="same seed, same tweets")
+    parser.add_argument("--user", help="one voice of a multi-user model (--list-users shows them)")
+    parser.add_argument("--list-users", action="store_true", help="print the model's voices and exit")
+    parser.add_argument("--max-chars", type=int, default=280, help="cut on a word boundary (default 280; 0 = none)")
+    parser.add_argument("--stop-at-newline", action="store_true", help="end each tweet at its first newline")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available, else cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="default: int8 on CPU, fp16 on CUDA, when the folder has them")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of plain text")
+    parser.add_argument("--no-stream", action="store_true", help="print the tweet only once it is complete")
+    return parser
+
+
+def resolve_model(model: str | None) -> str:
+    """--model, else $TWEETGEN_MODEL, else the default model folder; NoDefaultModelError when none exists."""
+    if model:
+        return model
+    if os.environ.get("TWEETGEN_MODEL"):
+        return os.environ["TWEETGEN_MODEL"]
+    default = EXPORTED_DIR / DEFAULT_MODEL_NAME
+    if not default.is_dir():
+        raise NoDefaultModelError(
+            f"no model given and no default model at {default}. Pass -m/--model with an exported model folder, "
+            "set TWEETGEN_MODEL, or make one from tweets: pip install -e \".[train]\" && "
+            "tweetgen-train --file tweets.csv --name mine (then: tweetgen-run -m exported/mine)")
+    return str(default)
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        return ""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise TweetgenError(f"the prompt on stdin is not valid UTF-8 (byte {exc.start}); send UTF-8 text") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = _read_prompt(args)
+    generator = Generator.load(resolve_model(args.model), device=args.device, precision=args.precision,
+                               threads=args.threads)
+    if args.list_users:
+        print("\n".join(generator.users) if generator.users else "(a single-voice model)")
+        return 0
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, user=args.user,
+                   max_chars=args.max_chars or None, stop_at_newline=args.stop_at_newline)
+    if args.n == 1 and not (args.json or args.no_stream):
+        pieces = generator.stream(prompt, **options)  # arguments are checked here, before anything is printed
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    tweets = [prompt + text for text in generator.generate(prompt, args.n, **options)]
+    if args.json:
+        print(json.dumps({"model": str(generator.folder.path), "variant": generator.model_path.name,
+                          "prompt": prompt, "user": args.user, "seed": args.seed, "tweets": tweets},
+                         ensure_ascii=False))
+    else:
+        print("\n\n".join(tweets))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (TweetgenError, ValueError, TypeError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

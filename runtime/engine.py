@@ -1,0 +1,174 @@
+"""The token-level decoder: token ids in, token ids out, no tweet rules.
+
+It drives an Optimum "text-generation-with-past" ONNX export: inputs `input_ids`, `attention_mask`, optional
+`position_ids` and `past_key_values.{i}.key/value`; outputs `logits` and `present.{i}.key/value`. Names, layer count,
+KV heads and dtype are read from the session. For n samples the prompt is run once and its cache copied n times;
+the n rows then decode together, and a row leaves the batch when it is done.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelFolderError
+from .sampling import SamplingParams, penalize_repeats, sample
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The shape of an exported decoder graph, read from its ONNX session."""
+
+    past_names: tuple[str, ...]  # past_key_values.{i}.key, .value, in layer order
+    present_names: tuple[str, ...]  # present.{i}.key, .value, matching past_names
+    has_attention_mask: bool
+    has_position_ids: bool
+    kv_heads: int
+    head_dim: int
+    cache_dtype: type  # numpy dtype of the KV cache
+
+    @property
+    def layers(self) -> int:
+        return len(self.past_names) // 2
+
+
+def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
+    """Find the decoder's inputs and outputs; cross-check them with config.json. Raises ModelFolderError."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    past = sorted((int(m[1]), m[2] == "value", name) for name in inputs if (m := _PAST.match(name)))
+    present = sorted((int(m[1]), m[2] == "value", name) for name in outputs if (m := _PRESENT.match(name)))
+    problems = []
+    if "input_ids" not in inputs or "logits" not in outputs:
+        problems.append("it has no input_ids input or no logits output")
+    if not past or [p[:2] for p in past] != [p[:2] for p in present]:
+        problems.append("its past_key_values.* inputs and present.* outputs do not match (export with KV cache: "
+                        "task text-generation-with-past)")
+    layers = config.get("n_layer", config.get("num_hidden_layers"))
+    if past and layers is not None and len(past) != 2 * layers:
+        problems.append(f"it has {len(past) // 2} layers of KV cache but config.json says {layers}")
+    if problems:
+        raise ModelFolderError(f"the ONNX graph is not a decoder this runtime can run: {'; '.join(problems)}. "
+                               f"Inputs: {', '.join(inputs)}")
+    first = inputs[past[0][2]]
+    heads = config.get("num_key_value_heads") or config.get("n_head") or config.get("num_attention_heads")
+    hidden = config.get("n_embd") or config.get("hidden_size")
+    kv_heads = first.shape[1] if isinstance(first.shape[1], int) else heads
+    head_dim = first.shape[3] if isinstance(first.shape[3], int) else config.get("head_dim") or hidden // (
+        config.get("n_head") or config.get("num_attention_heads"))
+    if first.type not in _DTYPES:
+        raise ModelFolderError(f"KV cache of type {first.type} is not supported; allowed: {', '.join(_DTYPES)}")
+    return GraphSpec(
+        past_names=tuple(p[2] for p in past), present_names=tuple(p[2] for p in present),
+        has_attention_mask="attention_mask" in inputs, has_position_ids="position_ids" in inputs,
+        kv_heads=int(kv_heads), head_dim=int(head_dim), cache_dtype=_DTYPES[first.type])
+
+
+class Engine:
+    """Runs one ONNX decoder session. Holds no per-call state, so one Engine serves many threads."""
+
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, *, context_length: int,
+                 eos_token_ids: tuple[int, ...], device: str = "cpu") -> None:
+        self.session = session
+        self.spec = spec
+        self.context_length = context_length
+        self.eos_token_ids = np.asarray(eos_token_ids, dtype=np.int64)
+        self.device = device
+        self._outputs = ["logits", *spec.present_names]
+
+    def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Raise ValueError when the prompt plus the new tokens do not fit the model's context."""
+        if prompt_tokens < 1:
+            raise ValueError("the prompt is empty: give at least one token")
+        if prompt_tokens + max_new_tokens > self.context_length:
+            raise ValueError(
+                f"the prompt ({prompt_tokens} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the "
+                f"model's context of {self.context_length} tokens; shorten the prompt or lower max_new_tokens")
+
+    def generate(self, prompt_ids: list[int] | np.ndarray, *, n: int, max_new_tokens: int,
+                 params: SamplingParams, rng: np.random.Generator,
+                 done: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Decode n samples of a prompt together.
+
+        Yields (rows, tokens) once per step: the indices of the rows still running and the token each just drew.
+        A row that draws an end-of-text token is marked in `done` (a caller-owned (n,) bool array, made if None);
+        the caller may mark rows done too, between steps, and they leave the batch. Arguments are checked now,
+        not on the first step.
+        """
+        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, not {n!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, not {max_new_tokens!r}")
+        self.check_length(len(prompt), max_new_tokens)
+        done = np.zeros(n, dtype=bool) if done is None else done
+        return self._decode(prompt, n, max_new_tokens, params, rng, done)
+
+    def _decode(self, prompt: np.ndarray, n: int, max_new_tokens: int, params: SamplingParams,
+                rng: np.random.Generator, done: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        logits, past = self._forward(prompt[None, :], self._empty_past(1), 0)  # (1, V), [(1, kv, T, hd)]
+        if n > 1:
+            logits = np.repeat(logits, n, axis=0)
+            past = [np.repeat(p, n, axis=0) for p in past]  # (n, kv, T, hd): the prompt is run once
+        rows = np.arange(n)
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = np.zeros((n, logits.shape[-1]), dtype=bool)  # (n, V) tokens in the prompt or output so far
+            seen[:, prompt] = True
+        length = len(prompt)
+        for step in range(max_new_tokens):
+            if seen is not None:
+                logits = penalize_repeats(logits, seen[rows], params.repetition_penalty)
+            tokens = sample(logits, params, rng)  # (B,)
+            done[rows[np.isin(tokens, self.eos_token_ids)]] = True
+            if seen is not None:
+                seen[rows, tokens] = True
+            yield rows, tokens
+            keep = ~done[rows]
+            if step == max_new_tokens - 1 or not keep.any():
+                return
+            if not keep.all():  # finished rows leave the batch: one copy of the cache now, less work every step
+                rows, tokens = rows[keep], tokens[keep]
+                past = [p[keep] for p in past]
+            logits, past = self._forward(tokens[:, None], past, length)
+            length += 1
+
+    def _empty_past(self, batch: int) -> list[np.ndarray]:
+        shape = (batch, self.spec.kv_heads, 0, self.spec.head_dim)
+        return [np.zeros(shape, dtype=self.spec.cache_dtype)] * len(self.spec.past_names)
+
+    def _forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
+        """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V)."""
+        batch, new = ids.shape
+        feeds = {"input_ids": ids}
+        if self.spec.has_attention_mask:
+            feeds["attention_mask"] = np.ones((batch, past_length + new), dtype=np.int64)
+        if self.spec.has_position_ids:
+            positions = np.arange(past_length, past_length + new, dtype=np.int64)
+            feeds["position_ids"] = np.broadcast_to(positions, (batch, new)).copy()
+        feeds.update(zip(self.spec.past_names, past))
+        logits, *present = self.session.run(self._outputs, feeds)  # logits: (B, S, V)
+        return logits[:, -1, :].astype(np.float32, copy=False), present
+
+    def greedy_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy decoding that reruns the whole sequence every step (slow; a reference for tests)."""
+        ids = [int(t) for t in prompt_ids]
+        self.check_length(len(ids), max_new_tokens)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            logits, _ = self._forward(np.asarray([ids], dtype=np.int64), self._empty_past(1), 0)
+            token = int(np.argmax(logits[0]))
+            out.append(token)
+            if token in self.eos_token_ids:
+                break
+            ids.append(token)
+        return out

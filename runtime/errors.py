@@ -1,0 +1,13 @@
+"""Errors raised by tweetgen for bad input; each message names the problem and what is allowed."""
+
+
+class TweetgenError(Exception):
+    """Base class of every error tweetgen raises for bad input or a bad model folder."""
+
+
+class ModelFolderError(TweetgenError):
+    """The model folder is missing, incomplete or unreadable."""
+
+
+class NoDefaultModelError(ModelFolderError):
+    """No `--model` was given and no default model is installed."""

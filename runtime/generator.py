@@ -1,0 +1,197 @@
+"""`Generator`: a loaded model folder that writes tweets. The public face of the runtime."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .engine import Engine, read_graph_spec
+from .errors import ModelFolderError, TweetgenError
+from .folder import ModelFolder, read_folder
+from .sampling import SamplingParams
+from .text import TweetText
+
+log = logging.getLogger(__name__)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    """True when the installed onnxruntime can run on an NVIDIA GPU (the onnxruntime-gpu package)."""
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+class Generator:
+    """A model folder loaded for generation. Holds only immutable state: one instance serves many threads."""
+
+    def __init__(self, folder: ModelFolder, engine: Engine, tokenizer: Tokenizer, model_path: Path) -> None:
+        self.folder = folder
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_path = model_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
+             threads: int | None = None) -> Generator:
+        """Load an exported model folder. Never touches the network.
+
+        Args:
+            path: the folder (tweetgen export, or a plain Optimum export with model.onnx, tokenizer.json, config.json).
+            device: "cpu", "cuda", or "auto" (cuda when onnxruntime-gpu sees a GPU).
+            precision: "auto" (int8 on CPU, fp16 on CUDA, when the folder has them; else fp32), "fp32", "int8", "fp16".
+            threads: CPU threads for onnxruntime (None: one per physical core).
+
+        Raises:
+            ModelFolderError: the folder is missing, incomplete (every missing file is listed) or unreadable.
+            ValueError: an option outside its allowed values.
+        """
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 or None, not {threads!r}")
+        if device == "auto":
+            device = "cuda" if cuda_available() else "cpu"
+        elif device == "cuda" and not cuda_available():
+            raise TweetgenError("device 'cuda' needs onnxruntime-gpu and a visible NVIDIA GPU; "
+                                f"this onnxruntime offers {', '.join(ort.get_available_providers())}")
+        folder = read_folder(path)
+        model_path = folder.variant_path(precision, device)
+        session = _open_session(model_path, device, threads)
+        try:
+            tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
+        except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
+            raise ModelFolderError(f"cannot read {folder.path / 'tokenizer.json'}: {exc}") from None
+        eos = folder.eos_token_ids or _eos_from_tokenizer(tokenizer)
+        engine = Engine(session, read_graph_spec(session, folder.config), context_length=folder.context_length,
+                        eos_token_ids=eos, device=device)
+        log.info("loaded %s on %s", model_path, device)
+        return cls(folder, engine, tokenizer, model_path)
+
+    @property
+    def users(self) -> list[str]:
+        """The voices of a multi-user model (pass one as `user=`); empty for a single-voice model."""
+        return sorted(self.folder.users)
+
+    def encode_prompt(self, prompt: str, user: str | None = None) -> list[int]:
+        """The token ids the model sees for a prompt: the folder's prompt start, the user's prefix, the prompt."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        if user is not None and user not in self.folder.users:
+            known = ", ".join(self.users) or "none: this model has a single voice"
+            raise ValueError(f"unknown user {user!r}; this model knows: {known}")
+        prefix = self.folder.users.get(user, "") if user is not None else ""
+        return self.tokenizer.encode(self.folder.prompt_start + prefix + prompt).ids
+
+    def generate(self, prompt: str, n: int = 1, *, max_new_tokens: int | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 repetition_penalty: float | None = None, seed: int | None = None, user: str | None = None,
+                 max_chars: int | None = 280, stop_at_newline: bool = False) -> list[str]:
+        """Write n continuations of `prompt` (the prompt itself is not repeated).
+
+        Args:
+            prompt: the start of the tweet; may be "".
+            n: how many samples; the prompt is run once and the n samples decode as one batch.
+            max_new_tokens, temperature, top_k, top_p, repetition_penalty: None takes the folder's
+                generation_config.json default. temperature 0 is greedy.
+            seed: the same seed gives the same texts; None draws fresh randomness.
+            user: one voice of a multi-user model (see `users`).
+            max_chars: cut each text to this many characters on a word boundary (None: no cut).
+            stop_at_newline: end each text at its first newline.
+
+        Returns:
+            n strings.
+
+        Raises:
+            ValueError: an option outside its allowed range, an unknown user, or a prompt that does not fit.
+        """
+        steps, texts = self._start(prompt, n, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                   seed, user, max_chars, stop_at_newline)
+        for _ in steps:
+            pass
+        return [t.text for t in texts]
+
+    def stream(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = None,
+               top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+               seed: int | None = None, user: str | None = None, max_chars: int | None = 280,
+               stop_at_newline: bool = False) -> Iterator[str]:
+        """Yield the text of one sample piece by piece (whole words, never half a character).
+
+        Joined, the pieces equal `generate(prompt, n=1, ...)[0]` with the same arguments. Arguments are checked
+        when this is called, not on the first `next()`.
+        """
+        steps, texts = self._start(prompt, 1, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                   seed, user, max_chars, stop_at_newline)
+        return self._pieces(steps, texts[0])
+
+    @staticmethod
+    def _pieces(steps: Iterator[None], text: TweetText) -> Iterator[str]:
+        for _ in steps:
+            piece = text.release()
+            if piece:
+                yield piece
+        piece = text.release()
+        if piece:
+            yield piece
+
+    def _start(self, prompt, n, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, user,
+               max_chars, stop_at_newline) -> tuple[Iterator[None], list[TweetText]]:
+        """Check every argument, then return the step iterator and the n texts it fills."""
+        defaults = self.folder.sampling
+        params = SamplingParams(
+            temperature=defaults.temperature if temperature is None else temperature,
+            top_k=defaults.top_k if top_k is None else top_k,
+            top_p=defaults.top_p if top_p is None else top_p,
+            repetition_penalty=defaults.repetition_penalty if repetition_penalty is None else repetition_penalty)
+        if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+            raise ValueError(f"max_chars must be an integer >= 1 or None (no limit), not {max_chars!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be an integer >= 0 or None, not {seed!r}")
+        ids = self.encode_prompt(prompt, user)
+        max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, not {n!r}")
+        texts = [TweetText(self.tokenizer, max_chars=max_chars, stop_at_newline=stop_at_newline) for _ in range(n)]
+        done = np.zeros(n, dtype=bool)
+        tokens = self.engine.generate(ids, n=n, max_new_tokens=max_new, params=params,
+                                      rng=np.random.default_rng(seed), done=done)
+        return self._follow(tokens, texts, done), texts
+
+    def _follow(self, tokens: Iterator[tuple[np.ndarray, np.ndarray]], texts: list[TweetText],
+                done: np.ndarray) -> Iterator[None]:
+        """Feed each step's tokens to the texts; a text that is complete stops its row."""
+        eos = set(self.engine.eos_token_ids.tolist())
+        for rows, step_tokens in tokens:
+            for row, token in zip(rows.tolist(), step_tokens.tolist()):
+                text = texts[row]
+                if token in eos:
+                    text.finish()
+                    continue
+                text.add(token)
+                if text.done:
+                    done[row] = True
+            yield
+        for text in texts:
+            text.finish()
+
+
+def _open_session(model_path: Path, device: str, threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelFolderError(f"cannot load {model_path}: it is not a valid ONNX model ({exc})") from None
+
+
+def _eos_from_tokenizer(tokenizer: Tokenizer) -> tuple[int, ...]:
+    token = tokenizer.token_to_id("<|endoftext|>")
+    return () if token is None else (token,)

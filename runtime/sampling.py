@@ -1,0 +1,80 @@
+"""Choosing the next token from logits: pure functions over numpy arrays, with a caller-owned random generator.
+
+The order of the steps is Hugging Face's: repetition penalty, temperature, top-k, top-p, then a draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token. temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off."""
+
+    temperature: float = 1.0  # divides the logits; 0 picks the most likely token
+    top_k: int = 50  # keep only the k most likely tokens (0: all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
+    repetition_penalty: float = 1.0  # >1 makes tokens already in the prompt or output less likely
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, repetition_penalty: float) -> None:
+    """Raise ValueError naming the first setting outside its allowed range."""
+    if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), not {top_k!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), not {top_p!r}")
+    if not (isinstance(repetition_penalty, (int, float)) and np.isfinite(repetition_penalty)
+            and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty must be a number > 0 (1 is none), not {repetition_penalty!r}")
+
+
+def penalize_repeats(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """Make the tokens marked in `seen` less likely (Hugging Face's rule: divide positive logits, multiply negative).
+
+    logits: (B, V) float; seen: (B, V) bool. Returns a new array.
+    """
+    if penalty == 1.0:
+        return logits
+    scaled = np.where(logits > 0, logits / penalty, logits * penalty)
+    return np.where(seen, scaled, logits)
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
+    """Pick one token id per row.
+
+    logits: (B, V) float, already penalized. Returns (B,) int64.
+    """
+    if params.greedy:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    batch, vocab = logits.shape
+    scaled = logits.astype(np.float64) / params.temperature
+    if 0 < params.top_k < vocab:
+        # (B, k) candidates, in no order, found in linear time; then sorted, k is small.
+        candidates = np.argpartition(-scaled, params.top_k - 1, axis=-1)[:, :params.top_k]
+    else:
+        candidates = np.broadcast_to(np.arange(vocab), (batch, vocab))
+    values = np.take_along_axis(scaled, candidates, axis=-1)
+    order = np.argsort(-values, axis=-1, kind="stable")
+    candidates = np.take_along_axis(candidates, order, axis=-1)
+    values = np.take_along_axis(values, order, axis=-1)  # (B, C) most likely first
+    probs = np.exp(values - values[:, :1])
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if params.top_p < 1.0:
+        before = np.cumsum(probs, axis=-1) - probs  # probability mass of the tokens ranked above each one
+        probs = np.where(before < params.top_p, probs, 0.0)  # the first token always stays
+    cumulative = np.cumsum(probs, axis=-1)
+    draws = rng.random(batch) * cumulative[:, -1]
+    picked = np.minimum((cumulative <= draws[:, None]).sum(axis=-1), cumulative.shape[1] - 1)
+    return candidates[np.arange(batch), picked].astype(np.int64)
