@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from runtime.sampling import SamplingParams, penalize_repeats, sample
+
+LOGITS = np.array([[1.0, 3.0, 2.0, 0.5, -1.0]], dtype=np.float32)  # ranks: 1, 2, 0, 3, 4
+
+
+def draws(params, logits=LOGITS, count=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    tiled = np.repeat(logits, count, axis=0)
+    return sample(tiled, params, rng)
+
+
+def test_greedy_takes_the_argmax_of_every_row():
+    logits = np.array([[0.1, 0.9, 0.3], [5.0, -1.0, 4.9]], dtype=np.float32)
+    assert sample(logits, SamplingParams(temperature=0), np.random.default_rng(0)).tolist() == [1, 0]
+
+
+def test_top_k_keeps_only_the_k_likeliest():
+    assert set(draws(SamplingParams(top_k=2)).tolist()) == {1, 2}
+    assert set(draws(SamplingParams(top_k=1)).tolist()) == {1}
+
+
+def test_top_k_zero_keeps_every_token():
+    assert set(draws(SamplingParams(top_k=0, temperature=3.0)).tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = np.exp(LOGITS[0]) / np.exp(LOGITS[0]).sum()  # token 1: 0.63, token 2: 0.23, token 0: 0.085
+    assert probs[1] < 0.7 < probs[1] + probs[2]
+    assert set(draws(SamplingParams(top_k=0, top_p=0.7)).tolist()) == {1, 2}
+    assert set(draws(SamplingParams(top_k=0, top_p=0.5)).tolist()) == {1}
+
+
+def test_sampling_follows_the_softmax_frequencies():
+    got = np.bincount(draws(SamplingParams(top_k=0), count=20000), minlength=5) / 20000
+    want = np.exp(LOGITS[0]) / np.exp(LOGITS[0]).sum()
+    np.testing.assert_allclose(got, want, atol=0.015)
+
+
+def test_temperature_sharpens_and_flattens():
+    cold = np.mean(draws(SamplingParams(top_k=0, temperature=0.25)) == 1)
+    warm = np.mean(draws(SamplingParams(top_k=0, temperature=4.0)) == 1)
+    assert cold > 0.95 and warm < 0.4
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    seen = np.array([[False, True, False, False, True]])
+    out = penalize_repeats(LOGITS, seen, 2.0)
+    np.testing.assert_allclose(out, [[1.0, 1.5, 2.0, 0.5, -2.0]])
+    assert penalize_repeats(LOGITS, seen, 1.0) is LOGITS
+
+
+def test_same_rng_seed_same_draws():
+    assert draws(SamplingParams(), seed=7).tolist() == draws(SamplingParams(), seed=7).tolist()
+    assert draws(SamplingParams(), seed=7).tolist() != draws(SamplingParams(), seed=8).tolist()
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(temperature=-0.1), "temperature"), (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+    (dict(repetition_penalty=0.0), "repetition_penalty")])
+def test_settings_out_of_range_are_refused_by_name(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        SamplingParams(**kwargs)
