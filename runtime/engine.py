@@ -76,12 +76,14 @@ class Engine:
     """Runs one ONNX decoder session. Holds no per-call state, so one Engine serves many threads."""
 
     def __init__(self, session: ort.InferenceSession, spec: GraphSpec, *, context_length: int,
-                 eos_token_ids: tuple[int, ...], device: str = "cpu") -> None:
+                 eos_token_ids: tuple[int, ...], device: str = "cpu", io_binding: bool | None = None) -> None:
         self.session = session
         self.spec = spec
         self.context_length = context_length
         self.eos_token_ids = np.asarray(eos_token_ids, dtype=np.int64)
         self.device = device
+        # On CUDA the KV cache stays in GPU memory through IO binding; on CPU plain numpy feeds cost nothing extra.
+        self.io_binding = device == "cuda" if io_binding is None else io_binding
         self._outputs = ["logits", *spec.present_names]
 
     def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -115,20 +117,27 @@ class Engine:
 
     def _decode(self, prompt: np.ndarray, n: int, max_new_tokens: int, params: SamplingParams,
                 rng: np.random.Generator, done: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        logits, past = self._forward(prompt[None, :], self._empty_past(1), 0)  # (1, V), [(1, kv, T, hd)]
-        if n > 1:
-            logits = np.repeat(logits, n, axis=0)
-            past = [np.repeat(p, n, axis=0) for p in past]  # (n, kv, T, hd): the prompt is run once
-        rows = np.arange(n)
+        if self.io_binding:
+            # The cache lives on the device and cannot be copied row-wise there: run the prompt as n rows at once.
+            logits, past = self._forward(np.repeat(prompt[None, :], n, axis=0), self._empty_past(n), 0)
+        else:
+            logits, past = self._forward(prompt[None, :], self._empty_past(1), 0)  # (1, V), [(1, kv, T, hd)]
+            if n > 1:
+                logits = np.repeat(logits, n, axis=0)
+                past = [np.repeat(p, n, axis=0) for p in past]  # (n, kv, T, hd): the prompt was run once
+        batch = np.arange(n)  # the rows in the running batch, in batch order
         seen = None
         if params.repetition_penalty != 1.0:
             seen = np.zeros((n, logits.shape[-1]), dtype=bool)  # (n, V) tokens in the prompt or output so far
             seen[:, prompt] = True
         length = len(prompt)
         for step in range(max_new_tokens):
+            live = ~done[batch]  # (B,) rows of the batch still writing; all of them unless on the device
+            rows = batch[live]
+            row_logits = logits if live.all() else logits[live]
             if seen is not None:
-                logits = penalize_repeats(logits, seen[rows], params.repetition_penalty)
-            tokens = sample(logits, params, rng)  # (B,)
+                row_logits = penalize_repeats(row_logits, seen[rows], params.repetition_penalty)
+            tokens = sample(row_logits, params, rng)  # (R,)
             done[rows[np.isin(tokens, self.eos_token_ids)]] = True
             if seen is not None:
                 seen[rows, tokens] = True
@@ -136,18 +145,21 @@ class Engine:
             keep = ~done[rows]
             if step == max_new_tokens - 1 or not keep.any():
                 return
-            if not keep.all():  # finished rows leave the batch: one copy of the cache now, less work every step
-                rows, tokens = rows[keep], tokens[keep]
-                past = [p[keep] for p in past]
-            logits, past = self._forward(tokens[:, None], past, length)
+            if self.io_binding:  # finished rows stay in the device batch, fed any token, their output ignored
+                feed = np.full(len(batch), self.eos_token_ids[0] if len(self.eos_token_ids) else 0, np.int64)
+                feed[live] = tokens
+            else:
+                if not keep.all():  # finished rows leave the batch: one copy of the cache now, less work after
+                    past = [p[keep] for p in past]
+                batch, feed = rows[keep], tokens[keep]
+            logits, past = self._forward(feed[:, None], past, length)
             length += 1
 
     def _empty_past(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.spec.kv_heads, 0, self.spec.head_dim)
         return [np.zeros(shape, dtype=self.spec.cache_dtype)] * len(self.spec.past_names)
 
-    def _forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
-        """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V)."""
+    def _feeds(self, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
         batch, new = ids.shape
         feeds = {"input_ids": ids}
         if self.spec.has_attention_mask:
@@ -155,9 +167,33 @@ class Engine:
         if self.spec.has_position_ids:
             positions = np.arange(past_length, past_length + new, dtype=np.int64)
             feeds["position_ids"] = np.broadcast_to(positions, (batch, new)).copy()
+        return feeds
+
+    def _forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
+        """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V)."""
+        if self.io_binding:
+            return self._forward_bound(ids, past, past_length)
+        feeds = self._feeds(ids, past_length)
         feeds.update(zip(self.spec.past_names, past))
         logits, *present = self.session.run(self._outputs, feeds)  # logits: (B, S, V)
         return logits[:, -1, :].astype(np.float32, copy=False), present
+
+    def _forward_bound(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
+        """Like _forward, but the cache stays where the session put it (GPU memory on CUDA) between steps."""
+        binding = self.session.io_binding()
+        for name, value in self._feeds(ids, past_length).items():
+            binding.bind_cpu_input(name, value)
+        for name, value in zip(self.spec.past_names, past):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")  # sampling runs on the host
+        for name in self.spec.present_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy()[:, -1, :].astype(np.float32, copy=False), present
 
     def greedy_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding that reruns the whole sequence every step (slow; a reference for tests)."""

@@ -91,3 +91,20 @@ def test_bad_arguments_are_refused_when_called(gpt2, kwargs, word):
     options = {"n": 1, "max_new_tokens": 5, "params": GREEDY, "rng": np.random.default_rng(0), **kwargs}
     with pytest.raises(ValueError, match=word):
         gpt2.engine.generate(PROMPT, **options)  # no next(): the check is eager
+
+
+def test_device_resident_cache_path_gives_the_same_ids(gpt2):
+    """The IO-binding path that CUDA uses (cache kept where the session puts it), exercised here on the CPU."""
+    from runtime import Engine
+
+    bound = Engine(gpt2.engine.session, gpt2.engine.spec, context_length=gpt2.engine.context_length,
+                   eos_token_ids=tuple(gpt2.engine.eos_token_ids.tolist()), io_binding=True)
+    assert run(bound, PROMPT) == [GOLDEN["gpt2"]]
+    params = SamplingParams(temperature=1.0, top_k=0, repetition_penalty=1.3)
+    eos = int(gpt2.engine.eos_token_ids[0])
+    early = 0
+    for seed in range(12):
+        want = run(gpt2.engine, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed)
+        assert run(bound, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
+        early += sum(eos in row for row in want)
+    assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
