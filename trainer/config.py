@@ -1,0 +1,62 @@
+"""Every training knob in one place. The CLI is built from these fields; the resolved config is saved with the model."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _knob(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """How to fine-tune. Units are in each help line."""
+
+    base_model: str = _knob("gpt2", "base causal LM: a hub name, a local Hugging Face folder, or a .gguf file")
+    epochs: float = _knob(3.0, "passes over the training tweets (fractions allowed)")
+    learning_rate: float = _knob(5e-5, "peak AdamW learning rate, after warmup")
+    warmup_ratio: float = _knob(0.06, "share of the steps spent warming the learning rate up from 0")
+    weight_decay: float = _knob(0.0, "AdamW weight decay")
+    batch_size: int = _knob(8, "blocks per step on each device")
+    gradient_accumulation: int = _knob(1, "steps whose gradients add up before one optimizer update")
+    block_size: int = _knob(128, "tokens per training block (tweets are packed, <|endoftext|> between them)")
+    validation_share: float = _knob(0.1, "share of each user's tweets held out for validation")
+    seed: int = _knob(42, "seed for the split, the shuffling and the weights' dropout")
+    eval_steps: int = _knob(0, "evaluate and checkpoint every N optimizer steps (0: once per epoch)")
+    early_stopping: int = _knob(2, "stop after N evaluations without a better validation loss (0: never)")
+    max_steps: int = _knob(-1, "stop after N optimizer steps whatever the epochs (-1: no limit)")
+    precision: str = _knob("auto", "fp32, bf16 or fp16 training; auto: bf16/fp16 on a GPU that has it, fp32 on CPU",
+                           choices=("auto", "fp32", "bf16", "fp16"))
+    checkpoints_kept: int = _knob(2, "checkpoints kept on disk for --resume")
+    report_to: str = _knob("none", "experiment tracking: none, wandb or tensorboard (comma-separated)")
+    tag_users: bool = _knob(True, "start each tweet with its user's tag, so one voice can be asked for")
+    balance: bool = _knob(True, "even out the users' shares of the training tweets")
+    min_tweets: int = _knob(20, "refuse to train on fewer kept tweets than this")
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One --option per field of the dataclass, with its help line and type."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
+                                choices=f.metadata.get("choices"))
+
+
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig, **overrides: Any) -> Any:
+    """The dataclass with every option the user gave; the rest keep their defaults."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return cls(**{**given, **overrides})
