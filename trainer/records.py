@@ -86,5 +86,5 @@ def check_user_name(name: str, *, where: str) -> str:
 
 def user_from_stem(stem: str) -> str:
     """Turn a file stem into a user name: "smithjd_tweets" -> "smithjd", "my tweets" -> "my_tweets"."""
-    base = re.sub(r"[_\-. ]?tweets?$", "", stem, flags=re.IGNORECASE) or stem
+    base = re.sub(r"[_\-. ]tweets?$", "", stem, flags=re.IGNORECASE) or stem
     return re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip(".-") or "user"

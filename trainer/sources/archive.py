@@ -122,7 +122,7 @@ def read_archive(path: Path, *, name: str | None = None, limit: int = MAX_MEMBER
     try:
         manifest = _read_optional(tree, "manifest.js")
         files = _tweet_files(tree, manifest)
-        user = name or _archive_user(tree, manifest) or user_from_stem(path.stem)
+        user = name or _archive_user(tree, manifest) or _user_from_path(path)
         user = check_user_name(user, where=str(path))
         tweets: list[Tweet] = []
         for member in files:
@@ -132,6 +132,14 @@ def read_archive(path: Path, *, name: str | None = None, limit: int = MAX_MEMBER
         tree.close()
     log.debug("%s: %d tweets of %s from %s", path, len(tweets), user, ", ".join(files))
     return user, tweets
+
+
+def _user_from_path(path: Path) -> str:
+    """"smithjd_tweets.js" -> smithjd; ".../alice/data/tweets.js" -> alice; "twitter-2024.zip" -> twitter-2024."""
+    if path.is_file() and _TWEETS_FILE.search(path.name):
+        folder = path.parent.parent if path.parent.name == "data" else path.parent
+        return user_from_stem(folder.resolve().name)
+    return user_from_stem(path.stem)
 
 
 def _read_optional(tree: _Tree, basename: str) -> Any:

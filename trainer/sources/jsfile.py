@@ -15,8 +15,10 @@ def decode_utf8(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
         raise DataError(
-            f"{where}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+            f"{where}: not UTF-8 text (line {line}, byte {e.start}: "
+            f"{data[e.start:e.start + 1]!r}); "
             "save it as UTF-8 and try again"
         ) from None
 

@@ -7,6 +7,7 @@ else that is wrong (unknown, suspended or protected user, bad name, 401, usage c
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -107,7 +108,8 @@ class XApiClient:
                 return answer.status, answer.headers, _json_or_none(answer.read())
         except urllib.error.HTTPError as e:
             return e.code, e.headers, _json_or_none(e.read())
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError,
+                ConnectionError) as e:
             log.warning("X API request failed: %s", type(e).__name__)
             return None, {}, None
 
