@@ -114,6 +114,7 @@ def download_user(username: str, workdir: Path, client: xapi.XApiClient, *, name
         The user name the tweets are filed under (`name` or `username`) and the tweets.
     """
     report = report or (lambda line: None)
+    username = xapi.check_username(username)
     user = check_user_name(name or username, where="--user")
     partial = workdir / "raw" / f"{user}.partial.json"
     state = _load_partial(partial)

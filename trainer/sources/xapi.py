@@ -154,10 +154,17 @@ def _error_for(status: int | None, body: Any, path: str) -> XApiError:
     return XApiError(f"the X API answered HTTP {status} for {path}: {detail or 'no detail'}")
 
 
+def check_username(username: str) -> str:
+    """`username` without a leading "@", or an XApiError if X would refuse it."""
+    name = username.strip().removeprefix("@")
+    if not _USERNAME.match(name):
+        raise XApiError(f"{username!r} is not an X username: 1 to 15 letters, digits or '_'")
+    return name
+
+
 def lookup_user(client: XApiClient, username: str) -> str:
     """The numeric id of `username`, with a clear XApiError for a bad, unknown, suspended or protected user."""
-    if not _USERNAME.match(username):
-        raise XApiError(f"{username!r} is not an X username: 1 to 15 letters, digits or '_'")
+    username = check_username(username)
     body = client.get(f"/2/users/by/username/{username}", {"user.fields": "protected"})
     user = body.get("data")
     if not isinstance(user, dict):
