@@ -116,10 +116,7 @@ def run_fetch(args: argparse.Namespace) -> dict[str, list]:
 
     sources = collect_sources(args)
     with Console(stderr=True).status("Fetching tweets...") as status:
-        raw = fetch(sources, args.workdir, report=status.update)
-    for user, tweets in raw.items():
-        log.info("%s: %d raw tweets in %s", user, len(tweets), args.workdir / "raw" / f"{user}.jsonl")
-    return raw
+        return fetch(sources, args.workdir, report=status.update)
 
 
 def run_clean(args: argparse.Namespace) -> dict[str, UserStats]:
@@ -148,9 +145,10 @@ def print_stats(stats: dict[str, UserStats], options: CleanOptions) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_time=False, show_path=False, markup=False)
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("trainer")
     root.handlers[:] = [handler]
