@@ -145,3 +145,9 @@ def test_real_trump_condensed_json():
         retweets += sum(t.is_retweet for t in tweets)
         assert retweets >= 0
     assert total == 30930
+
+
+def test_broken_csv_is_an_error(tmp_path):
+    (tmp_path / "big.csv").write_text('id,text\n1,"' + "x" * 200_000 + '"\n')
+    with pytest.raises(DataError, match="big.csv: line .* not valid CSV"):
+        read_file(tmp_path / "big.csv")

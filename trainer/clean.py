@@ -120,8 +120,8 @@ def clean_all(raw: dict[str, list[Tweet]], options: CleanOptions = CleanOptions(
         texts[user], stats[user] = clean_user(tweets, options)
     empty = [user for user, s in stats.items() if s.kept == 0]
     if empty:
-        table = "; ".join(f"{u}: {', '.join(f'{k} {v}' for k, v in s.to_json(with_replies=options.drop_replies).items())}"
-                          for u, s in stats.items())
+        counts = {u: s.to_json(with_replies=options.drop_replies) for u, s in stats.items()}
+        table = "; ".join(f"{u}: {', '.join(f'{k} {v}' for k, v in c.items())}" for u, c in counts.items())
         raise DataError(f"nothing left to train on for {', '.join(empty)} after cleaning ({table}); "
                         "give more tweets or loosen the cleaning (e.g. --min-words 1, --keep-retweets)")
     return texts, stats

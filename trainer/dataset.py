@@ -35,7 +35,7 @@ BALANCE_MODES = ("upsample", "cap", "none")
 class DatasetOptions:
     """How the cleaned tweets become the training set."""
 
-    tag_users: bool = False  # prefix each tweet with "@NAME: " so the model learns each voice (default with 2+ users)
+    tag_users: bool = False  # prefix each tweet with "@NAME: " so the model learns each voice apart
     validation_fraction: float = 0.1  # share of each user's tweets held out for validation
     seed: int = 0  # seeds the split and the balancing
     balance: str = "upsample"  # across users in train: "upsample", "cap" or "none"

@@ -53,7 +53,7 @@ def read_file(path: Path, *, name: str | None = None, text_column: str | None = 
     if suffix == ".txt":
         rows: list[dict[str, Any]] = [{"text": line} for line in text.splitlines() if line.strip()]
     elif suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        rows = _csv_rows(text, path)
     elif suffix == ".json":
         rows = _json_rows(parse_json_text(text, str(path)), path)
     else:
@@ -72,6 +72,14 @@ def read_file(path: Path, *, name: str | None = None, text_column: str | None = 
     if not grouped:
         raise DataError(f"{path}: column {text_key!r} is empty in every row")
     return grouped
+
+
+def _csv_rows(text: str, path: Path) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return list(reader)
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num} is not valid CSV: {e}") from None
 
 
 def _json_rows(data: Any, path: Path) -> list[dict[str, Any]]:

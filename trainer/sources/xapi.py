@@ -115,8 +115,12 @@ class XApiClient:
 
     def _wait_for_reset(self, headers: Any) -> None:
         reset = headers.get("x-rate-limit-reset") if headers else None
+        retry_after = headers.get("retry-after") if headers else None
         now = self.clock()
-        until = float(reset) if reset and str(reset).isdigit() else now + 60.0
+        if reset and str(reset).isdigit():
+            until = float(reset)
+        else:  # no reset time: Retry-After if given, else a minute
+            until = now + (float(retry_after) if retry_after and str(retry_after).isdigit() else 60.0)
         delay = max(until - now, 0.0) + 1.0
         clock = time.strftime("%H:%M:%S", time.localtime(until))
         log.info("X API rate limit reached: waiting %.0f s, until %s", delay, clock)
