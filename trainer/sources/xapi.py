@@ -1,0 +1,223 @@
+"""A user's tweets from the X API v2: user lookup, then the timeline in pages of 100 up to the 3,200 cap.
+
+The bearer token comes from `X_BEARER_TOKEN` and goes only into the Authorization header: never into a message,
+a log record or a file. The base URL is `TWEETGEN_X_API_URL` (default https://api.x.com), so tests can point it at
+a local fake. A 429 waits until `x-rate-limit-reset`; 5xx answers and timeouts are retried with backoff; anything
+else that is wrong (unknown, suspended or protected user, bad name, 401, usage cap) is an XApiError saying so.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from trainer.errors import XApiError
+from trainer.records import Tweet, looks_like_retweet, to_iso
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "X_BEARER_TOKEN"
+URL_ENV = "TWEETGEN_X_API_URL"
+DEFAULT_URL = "https://api.x.com"
+TIMELINE_CAP = 3200  # the API serves only a user's 3,200 most recent tweets
+PAGE_SIZE = 100  # max_results: the API allows 5..100
+TWEET_FIELDS = "created_at,referenced_tweets,in_reply_to_user_id,note_tweet"
+_USERNAME = re.compile(r"^[A-Za-z0-9_]{1,15}$")
+
+Report = Callable[[str], None]  # receives one line of progress for the display
+
+
+def token_from_env() -> str:
+    """The bearer token from X_BEARER_TOKEN; an XApiError (that never echoes the value) when unset or malformed."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise XApiError(f"--user needs an X API bearer token: set {TOKEN_ENV} "
+                        "(developer.x.com, your app, Keys and tokens), or use --archive / --file instead")
+    if not all(33 <= ord(c) < 127 for c in token):
+        raise XApiError(f"{TOKEN_ENV} holds characters no bearer token has (spaces, quotes or non-ASCII); "
+                        "copy the token again")
+    return token
+
+
+class XApiClient:
+    """GET requests to the X API v2 with retries; one instance per download.
+
+    Args:
+        token: the bearer token.
+        base_url: where the API is; requests go to `{base_url}/2/...`.
+        timeout: seconds to wait for one answer.
+        retries: how many times a 5xx answer or a timeout is retried (backoff 1, 2, 4, ... s, at most 60).
+        rate_waits: how many 429 waits in a row before giving up.
+        sleep, clock: injectable for tests.
+        report: receives progress lines (a rate-limit wait says until when).
+    """
+
+    def __init__(self, token: str, base_url: str = DEFAULT_URL, *, timeout: float = 30.0, retries: int = 5,
+                 rate_waits: int = 20, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time, report: Report | None = None) -> None:
+        self._token = token
+        self.base_url = base_url.rstrip("/")
+        self.timeout, self.retries, self.rate_waits = timeout, retries, rate_waits
+        self.sleep, self.clock = sleep, clock
+        self.report = report or (lambda line: None)
+
+    def __repr__(self) -> str:  # never show the token
+        return f"XApiClient(base_url={self.base_url!r})"
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> XApiClient:
+        """A client with the token from X_BEARER_TOKEN and the URL from TWEETGEN_X_API_URL."""
+        return cls(token_from_env(), os.environ.get(URL_ENV) or DEFAULT_URL, **kwargs)
+
+    def get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body of a 200 answer, after waiting out rate limits and retrying server errors."""
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
+        failures = waits = 0
+        while True:
+            status, headers, body = self._request(url)
+            if status == 200 and isinstance(body, dict):
+                return body
+            if status == 429 and not _is_usage_cap(body) and waits < self.rate_waits:
+                waits += 1
+                self._wait_for_reset(headers)
+                continue
+            if (status is None or status >= 500) and failures < self.retries:
+                delay = min(2.0 ** failures, 60.0)
+                failures += 1
+                what = f"HTTP {status}" if status else "no answer"
+                log.warning("X API %s on %s; retry %d of %d in %.0f s", what, path, failures, self.retries, delay)
+                self.report(f"X API {what}: retrying in {delay:.0f} s")
+                self.sleep(delay)
+                continue
+            raise _error_for(status, body, path)
+
+    def _request(self, url: str) -> tuple[int | None, Any, Any]:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self._token}",
+                                                       "User-Agent": "tweetgen"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                return answer.status, answer.headers, _json_or_none(answer.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, _json_or_none(e.read())
+        except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError,
+                ConnectionError) as e:
+            log.warning("X API request failed: %s", type(e).__name__)
+            return None, {}, None
+
+    def _wait_for_reset(self, headers: Any) -> None:
+        reset = headers.get("x-rate-limit-reset") if headers else None
+        retry_after = headers.get("retry-after") if headers else None
+        now = self.clock()
+        if reset and str(reset).isdigit():
+            until = float(reset)
+        else:  # no reset time: Retry-After if given, else a minute
+            until = now + (float(retry_after) if retry_after and str(retry_after).isdigit() else 60.0)
+        delay = max(until - now, 0.0) + 1.0
+        clock = time.strftime("%H:%M:%S", time.localtime(until))
+        log.info("X API rate limit reached: waiting %.0f s, until %s", delay, clock)
+        self.report(f"rate-limited by X: waiting until {clock} ({delay:.0f} s)")
+        self.sleep(delay)
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _is_usage_cap(body: Any) -> bool:
+    return isinstance(body, dict) and "usage-capped" in str(body.get("type", ""))
+
+
+def _error_for(status: int | None, body: Any, path: str) -> XApiError:
+    """A clear error for an answer that retrying will not fix; built from the body, never from the request."""
+    detail = ""
+    if isinstance(body, dict):
+        first = (body.get("errors") or [{}])[0] if isinstance(body.get("errors"), list) else {}
+        detail = str(body.get("detail") or first.get("detail") or first.get("message") or body.get("title") or "")
+    if status is None or (status >= 500):
+        return XApiError(f"the X API did not answer {path} after several retries ({status or 'timeout'}); try later")
+    if status == 401:
+        return XApiError(f"the X API refused the bearer token (401 Unauthorized): check {TOKEN_ENV}")
+    if status == 429:
+        return XApiError(f"the X API usage cap is exhausted ({detail or 'usage capped'}); "
+                         "wait for the next period or use an archive")
+    if status == 403:
+        return XApiError(f"the X API forbids this request (403: {detail or 'Forbidden'}); "
+                         "your app's access level may not include user timelines")
+    return XApiError(f"the X API answered HTTP {status} for {path}: {detail or 'no detail'}")
+
+
+def check_username(username: str) -> str:
+    """`username` without a leading "@", or an XApiError if X would refuse it."""
+    name = username.strip().removeprefix("@")
+    if not _USERNAME.match(name):
+        raise XApiError(f"{username!r} is not an X username: 1 to 15 letters, digits or '_'")
+    return name
+
+
+def lookup_user(client: XApiClient, username: str) -> str:
+    """The numeric id of `username`, with a clear XApiError for a bad, unknown, suspended or protected user."""
+    username = check_username(username)
+    body = client.get(f"/2/users/by/username/{username}", {"user.fields": "protected"})
+    user = body.get("data")
+    if not isinstance(user, dict):
+        raise _user_problem(username, body)
+    if user.get("protected"):
+        raise XApiError(f"@{username}'s tweets are protected: only approved followers can read them; "
+                        "ask them for their archive and use --archive")
+    return str(user["id"])
+
+
+def _user_problem(username: str, body: dict[str, Any]) -> XApiError:
+    errors = body.get("errors") if isinstance(body.get("errors"), list) else [{}]
+    first = errors[0] if errors and isinstance(errors[0], dict) else {}
+    detail = str(first.get("detail") or first.get("message") or "")
+    if "suspend" in detail.lower():
+        return XApiError(f"@{username} is suspended: X serves none of their tweets")
+    if "not-authorized" in str(first.get("type", "")):
+        return XApiError(f"@{username}'s tweets are protected: use their archive with --archive")
+    if "resource-not-found" in str(first.get("type", "")) or "could not find" in detail.lower():
+        return XApiError(f"X has no user @{username}: check the spelling")
+    return XApiError(f"X API lookup of @{username} failed: {detail or 'no user in the answer'}")
+
+
+def timeline_pages(client: XApiClient, user_id: str, username: str,
+                   token: str | None = None) -> Iterator[tuple[list[Tweet], str | None]]:
+    """Yield each page of the user's timeline with the pagination token of the next one (None after the last).
+
+    Starts at `token` to resume an interrupted download.
+    """
+    while True:
+        params: dict[str, Any] = {"max_results": PAGE_SIZE, "tweet.fields": TWEET_FIELDS}
+        if token:
+            params["pagination_token"] = token
+        body = client.get(f"/2/users/{user_id}/tweets", params)
+        if "data" not in body and body.get("errors"):
+            raise _user_problem(username, body)
+        tweets = [_tweet(raw, username) for raw in body.get("data") or []]
+        token = (body.get("meta") or {}).get("next_token")
+        yield tweets, token
+        if not token:
+            return
+
+
+def _tweet(raw: dict[str, Any], username: str) -> Tweet:
+    refs = {r.get("type") for r in raw.get("referenced_tweets") or [] if isinstance(r, dict)}
+    note = raw.get("note_tweet")
+    text = note["text"] if isinstance(note, dict) and isinstance(note.get("text"), str) else str(raw.get("text", ""))
+    return Tweet(
+        id=str(raw["id"]), user=username, text=text, created_at=to_iso(raw.get("created_at")),
+        is_retweet="retweeted" in refs or looks_like_retweet(text),
+        is_reply="replied_to" in refs or bool(raw.get("in_reply_to_user_id")),
+    )
