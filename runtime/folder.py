@@ -79,7 +79,9 @@ def read_folder(path: str | Path) -> ModelFolder:
     if info and info.get("format") != FORMAT_VERSION:
         raise ModelFolderError(
             f"{folder / 'tweetgen.json'} has format {info.get('format')!r}; this tweetgen reads format {FORMAT_VERSION}")
-    users = {str(name): str(entry.get("prefix", "")) for name, entry in (info.get("users") or {}).items()}
+    # A user with a "prefix" is a voice the model can be asked for; one without (an untagged model) has stats only.
+    users = {str(name): str(entry["prefix"]) for name, entry in (info.get("users") or {}).items()
+             if isinstance(entry, dict) and "prefix" in entry}
     return ModelFolder(
         path=folder, config=config, sampling=_sampling_defaults(generation),
         eos_token_ids=_eos_ids(generation, config), context_length=_context_length(config, folder),

@@ -1,10 +1,16 @@
-"""tweetgen-train: fetch a person's tweets, clean them, (later) train and export.
+"""tweetgen-train: turn tweets into a model folder that tweetgen-run serves.
 
 Examples:
-  tweetgen-train fetch --user dril --workdir work              # download into work/raw/ (needs X_BEARER_TOKEN)
-  tweetgen-train clean --archive twitter-2024.zip --workdir work
+  tweetgen-train --archive twitter-2024.zip --name me                    # everything: exported/me/
+  tweetgen-train --user alice --user bob --name cyborg --epochs 4        # two voices (X API, X_BEARER_TOKEN)
+  tweetgen-train --file tweets.csv --base-model ./SmolLM2.gguf --name me # another base model
+  tweetgen-train fetch --user dril --workdir work                        # download into work/raw/ only
   tweetgen-train clean --file tweets.csv --name me --file more.txt --name me --workdir work --json
-  tweetgen-train clean --user alice --user bob --drop-replies --workdir work
+  tweetgen-train train --workdir work --name me --resume                 # continue a killed training run
+  tweetgen-train export --model path/to/hf-folder --out exported/other   # export any local causal LM
+
+Stages: fetch, clean, train, export; with none, all of them run in turn. In `fetch` and `clean`, --name (or --as)
+files the previous source's tweets under that user; in the other stages --name names the model and --as names users.
 
 Tables and progress go to stderr; `--json` prints the statistics on stdout. Errors print `Error: ...` and exit 1.
 """
@@ -47,7 +53,8 @@ class _NameAction(argparse.Action):
             namespace.default_name = values
 
 
-def add_source_args(parser: argparse.ArgumentParser) -> None:
+def add_source_args(parser: argparse.ArgumentParser, *, rename_flags: tuple[str, ...] = ("--name", "--as"),
+                    workdir_required: bool = True) -> None:
     """The SOURCES options shared by every stage that reads tweets."""
     group = parser.add_argument_group("sources (each can repeat; at least one)")
     group.add_argument("--archive", action=_SourceAction, const="archive", metavar="PATH",
@@ -56,13 +63,14 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
                        help="an X username, downloaded with the X API v2 (bearer token in X_BEARER_TOKEN)")
     group.add_argument("--file", action=_SourceAction, const="file", metavar="PATH",
                        help="a .csv, .jsonl, .json (array) or .txt (one tweet a line) file")
-    group.add_argument("--name", action=_NameAction, metavar="NAME",
+    group.add_argument(*rename_flags, dest="rename", action=_NameAction, metavar="NAME",
                        help="file the previous source's tweets under this user (before any source: all of them)")
     group.add_argument("--text-column", metavar="COL", help="files: the column holding the text (default: guessed)")
     group.add_argument("--user-column", metavar="COL", help="files: the column holding the user (default: guessed)")
     parser.set_defaults(sources=[], default_name=None)
-    parser.add_argument("--workdir", type=Path, required=True, metavar="DIR",
-                        help="where the cache (raw/), cleaned tweets (clean/) and stats.json go")
+    parser.add_argument("--workdir", type=Path, required=workdir_required, metavar="DIR",
+                        help="where the cache (raw/), cleaned tweets (clean/), stats.json and training runs (runs/) "
+                             "go" + ("" if workdir_required else " (default: work/NAME)"))
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
 
 
@@ -96,8 +104,11 @@ def clean_options(args: argparse.Namespace) -> CleanOptions:
                         drop_duplicates=not args.keep_duplicates)
 
 
+STAGES = ("fetch", "clean", "train", "export", "run")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The tweetgen-train parser: one subcommand per stage."""
+    """The tweetgen-train parser: one subcommand per stage, and `run` (the default) for all of them."""
     parser = argparse.ArgumentParser(prog="tweetgen-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     stages = parser.add_subparsers(dest="stage", metavar="STAGE")
@@ -107,7 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_args(clean_parser)
     add_clean_args(clean_parser)
     clean_parser.add_argument("--json", action="store_true", help="print the statistics as JSON on stdout")
+    train_parser = stages.add_parser("train", help="fine-tune on the work folder's cleaned tweets (SOURCES: clean "
+                                                   "them first)")
+    _add_model_stage_args(train_parser, need_sources=False)
+    export_parser = stages.add_parser("export", help="export a trained run (--workdir, --name) or any Hugging Face "
+                                                     "causal-LM folder (--model) to an ONNX model folder")
+    export_parser.add_argument("--model", type=Path, metavar="DIR", help="a local Hugging Face causal-LM folder")
+    export_parser.add_argument("--workdir", type=Path, metavar="DIR", help="the work folder of a trained run")
+    export_parser.add_argument("--name", help="the model's name (default: the folder's name)")
+    _add_export_args(export_parser)
+    export_parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    run_parser = stages.add_parser("run", help="all stages in turn (the default)")
+    _add_model_stage_args(run_parser, need_sources=True)
+    _add_export_args(run_parser)
     return parser
+
+
+def _add_model_stage_args(parser: argparse.ArgumentParser, *, need_sources: bool) -> None:
+    from trainer.config import add_config_args
+
+    add_source_args(parser, rename_flags=("--as",), workdir_required=False)
+    add_clean_args(parser)
+    parser.add_argument("--name", dest="model_name", help="the model's name (default: the users' names joined by -)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted training run")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout at the end")
+    group = parser.add_argument_group("training (every knob of TrainConfig)")
+    add_config_args(group)
+    parser.set_defaults(need_sources=need_sources)
+
+
+def _add_export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, metavar="DIR", help="the model folder to write (default: exported/NAME)")
+    parser.add_argument("--no-int8", action="store_true", help="skip model_quantized.onnx (int8, for CPUs)")
+    parser.add_argument("--no-fp16", action="store_true", help="skip model_fp16.onnx (for GPUs)")
 
 
 def run_fetch(args: argparse.Namespace) -> dict[str, list]:
@@ -127,7 +170,7 @@ def run_clean(args: argparse.Namespace) -> dict[str, UserStats]:
     save_clean(args.workdir, texts)
     save_stats(args.workdir, stats, options)
     print_stats(stats, options)
-    if args.json:
+    if args.json and args.stage == "clean":
         print(json.dumps(stats_json(stats, options)))
     return stats
 
@@ -155,8 +198,57 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def run_train(args: argparse.Namespace, console) -> dict[str, Any]:
+    """Clean the SOURCES if any were given, then fine-tune; returns the training summary."""
+    from trainer.config import config_from_args
+    from trainer.pipeline import train_stage
+
+    if args.sources:
+        run_clean(args)
+    result = train_stage(args.workdir, args.model_name, config_from_args(args), resume=args.resume, console=console)
+    console.print(f"perplexity on held-out tweets: {result.perplexity_before:.1f} before, "
+                  f"{result.perplexity_after:.1f} after; {result.train_tokens:,} tokens in {result.wall_seconds:.0f} s "
+                  f"({result.tokens_per_second:.0f} tokens/s); model in {result.model_dir}")
+    return {"train": result.to_json()}
+
+
+def run_export(args: argparse.Namespace, console) -> dict[str, Any]:
+    """Export a trained run of the work folder, or any Hugging Face causal-LM folder (--model)."""
+    from trainer.export import export_folder_info, export_model
+    from trainer.pipeline import export_stage
+
+    int8, fp16 = not args.no_int8, not args.no_fp16
+    with console.status("Exporting to ONNX, checking against PyTorch, making the variants..."):
+        if getattr(args, "model", None) is not None:
+            name = args.name or args.model.resolve().name
+            report = export_model(args.model, args.out or Path("exported") / name,
+                                  info=export_folder_info(args.model, name), int8=int8, fp16=fp16)
+        else:
+            name = getattr(args, "model_name", None) or args.name
+            if not name or args.workdir is None:
+                raise TweetgenError("export: give --model DIR (any Hugging Face causal-LM folder), or --workdir DIR "
+                                    "and --name NAME of a trained run")
+            report = export_stage(args.workdir, name, args.out or Path("exported") / name, int8=int8, fp16=fp16)
+    console.print(f"exported to {report.out_dir}; try: tweetgen-run -m {report.out_dir} \"My dream is\"")
+    return {"export": report.to_json()}
+
+
+def _check_stage_args(args: argparse.Namespace) -> str | None:
+    """A usage problem the parser cannot see, or None."""
+    if args.stage in ("fetch", "clean", "run") and not args.sources:
+        return f"{args.stage}: give at least one source: --archive PATH, --user NAME or --file PATH"
+    if args.stage in ("train", "run"):
+        if not args.model_name:
+            return f"{args.stage}: give the model a name: --name NAME"
+        args.workdir = args.workdir or Path("work") / args.model_name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run tweetgen-train; returns the exit status (0 ok, 1 bad input, 2 usage, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in STAGES and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "run")  # no stage named: the whole pipeline
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -165,16 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage is None:
         parser.print_help(sys.stderr)
         return 2
-    if not args.sources:
-        parser.error_message = f"{args.stage}: give at least one source: --archive PATH, --user NAME or --file PATH"
-        print(f"usage error: {parser.error_message}", file=sys.stderr)
+    problem = _check_stage_args(args)
+    if problem:
+        print(f"usage error: {problem}", file=sys.stderr)
         return 2
     _setup_logging(args.verbose)
     try:
-        if args.stage == "fetch":
-            run_fetch(args)
-        else:
-            run_clean(args)
+        return _run_stage(args)
     except TweetgenError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
@@ -182,9 +271,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("Interrupted: what was downloaded so far is cached; run the same command to resume.", file=sys.stderr)
+        print("Interrupted: downloads are cached and training checkpoints kept; run the same command (training: "
+              "with --resume) to go on.", file=sys.stderr)
         return 130
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    summary: dict[str, Any] = {}
+    if args.stage == "fetch":
+        run_fetch(args)
+    elif args.stage == "clean":
+        run_clean(args)
+    elif args.stage == "export":
+        summary = run_export(args, console)
+    else:
+        summary = run_train(args, console)
+        if args.stage == "run" and _is_first_process():
+            summary.update(run_export(args, console))
+    if getattr(args, "json", False) and summary:
+        print(json.dumps(summary))
     return 0
+
+
+def _is_first_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 if __name__ == "__main__":

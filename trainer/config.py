@@ -26,7 +26,7 @@ class TrainConfig:
     batch_size: int = _knob(8, "blocks per step on each device")
     gradient_accumulation: int = _knob(1, "steps whose gradients add up before one optimizer update")
     block_size: int = _knob(128, "tokens per training block (tweets are packed, <|endoftext|> between them)")
-    validation_share: float = _knob(0.1, "share of each user's tweets held out for validation")
+    validation_fraction: float = _knob(0.1, "share of each user's tweets held out for validation")
     seed: int = _knob(42, "seed for the split, the shuffling and the weights' dropout")
     eval_steps: int = _knob(0, "evaluate and checkpoint every N optimizer steps (0: once per epoch)")
     early_stopping: int = _knob(2, "stop after N evaluations without a better validation loss (0: never)")
@@ -35,8 +35,10 @@ class TrainConfig:
                            choices=("auto", "fp32", "bf16", "fp16"))
     checkpoints_kept: int = _knob(2, "checkpoints kept on disk for --resume")
     report_to: str = _knob("none", "experiment tracking: none, wandb or tensorboard (comma-separated)")
-    tag_users: bool = _knob(True, "start each tweet with its user's tag, so one voice can be asked for")
-    balance: bool = _knob(True, "even out the users' shares of the training tweets")
+    tag_users: bool | None = _knob(None, "start each tweet with its user's tag so one voice can be asked for "
+                                         "(default: when there are several users)")
+    balance: str = _knob("upsample", "even out the users' shares of the training tweets: upsample, cap or none",
+                         choices=("upsample", "cap", "none"))
     min_tweets: int = _knob(20, "refuse to train on fewer kept tweets than this")
 
     def save(self, path: Path) -> None:
@@ -48,7 +50,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type = TrainConfig) ->
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {f.default})"
-        if f.type in ("bool", bool):
+        if str(f.type).startswith("bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]

@@ -1,0 +1,129 @@
+"""Fine-tuning on the tiny committed models: packing, a real (tiny) run, bad input, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES
+
+pytestmark = pytest.mark.torch
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from trainer.base import BaseModelError, load_base  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.dataset import DatasetOptions, build_dataset  # noqa: E402
+from trainer.train import TrainError, pack, train  # noqa: E402
+
+TINY_HF = str(FIXTURES / "tiny_gpt2_hf")
+TEXTS = {"alice": [f"rockets launch today number {i} and the moon is near" for i in range(60)],
+         "bob": [f"coffee in the morning is great {i} times over" for i in range(40)]}
+
+
+def tiny_config(**changes):
+    return TrainConfig(**{"base_model": TINY_HF, "epochs": 2, "batch_size": 4, "block_size": 32,
+                          "learning_rate": 2e-3, "early_stopping": 0, **changes})
+
+
+def test_pack_puts_separators_between_tweets_and_masks_the_padding():
+    _, tokenizer = load_base(TINY_HF)
+    blocks = pack(["the moon", "mars"], tokenizer, 0, 4)
+    stream = [0, *tokenizer("the moon").input_ids, 0, *tokenizer("mars").input_ids, 0]
+    flat = [t for block, mask in zip(blocks["input_ids"], blocks["attention_mask"]) for t, m in zip(block, mask) if m]
+    assert flat == stream
+    last_labels, last_mask = blocks["labels"][-1], blocks["attention_mask"][-1]
+    assert all(label == -100 for label, m in zip(last_labels, last_mask) if not m)
+    assert all(len(b) == 4 for b in blocks["input_ids"])
+
+
+def test_a_tiny_run_lowers_validation_perplexity_and_leaves_its_outputs(tmp_path):
+    dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
+    result = train(dataset, tiny_config(), tmp_path / "run")
+    assert result.perplexity_after < result.perplexity_before * 0.7
+    assert result.separator == "<|endoftext|>" and result.steps > 0 and result.train_tokens > 0
+    for name in ("model/config.json", "model/tokenizer.json", "metrics.json", "loss.png", "train_config.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["learning_rate"] == 2e-3 and saved["base_model"] == TINY_HF
+
+
+def test_too_little_data_says_how_much_is_needed(tmp_path):
+    dataset = build_dataset({"alice": TEXTS["alice"][:8]}, DatasetOptions())
+    with pytest.raises(TrainError, match="too little data.*at least 20 kept tweets"):
+        train(dataset, tiny_config(), tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_model_that_is_not_a_causal_lm_is_refused(tmp_path):
+    from transformers import BertConfig, GPT2Config
+
+    BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32, architectures=["BertForMaskedLM"]).save_pretrained(tmp_path / "bert")
+    with pytest.raises(BaseModelError, match="not a causal language model .BertForMaskedLM"):
+        load_base(str(tmp_path / "bert"))
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2ForSequenceClassification"]).save_pretrained(
+        tmp_path / "classifier")
+    with pytest.raises(BaseModelError, match="GPT2ForSequenceClassification"):
+        load_base(str(tmp_path / "classifier"))
+    with pytest.raises(BaseModelError, match="without config.json"):
+        load_base(str(tmp_path))
+
+
+def test_a_gguf_of_an_unsupported_architecture_is_refused(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "model.gguf"
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(BaseModelError, match="architecture 'bert'.*supported: llama"):
+        load_base(str(path))
+
+
+KILLABLE = """
+import sys, time
+from pathlib import Path
+import transformers
+from transformers import TrainerCallback
+import trainer.train as t
+from trainer.dataset import DatasetOptions, build_dataset
+from test_train import TEXTS, tiny_config
+
+class Slow(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        time.sleep(0.15)
+
+real = transformers.Trainer
+transformers.Trainer = lambda *a, **k: real(*a, **{**k, "callbacks": [*k["callbacks"], Slow()]})
+dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
+t.train(dataset, tiny_config(epochs=30, eval_steps=5), Path(sys.argv[1]))
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])}
+    child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(run)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-10").is_dir():
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (run / "checkpoints" / "checkpoint-10").is_dir() and not (run / "model").exists()
+
+    dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
+    with pytest.raises(TrainError, match="unfinished run: add --resume"):
+        train(dataset, tiny_config(epochs=30, eval_steps=5), run)
+    result = train(dataset, tiny_config(epochs=30, eval_steps=5, max_steps=40), run, resume=True)
+    history = json.loads((run / "metrics.json").read_text())["log_history"]
+    assert result.steps == 40 and (run / "model" / "config.json").is_file()
+    assert min(h["step"] for h in history if "loss" in h) < 10  # the losses logged before the kill came back

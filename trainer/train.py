@@ -1,0 +1,220 @@
+"""Fine-tuning: the training set in, a Hugging Face model folder out, with perplexity before and after.
+
+transformers' Trainer does the work, so checkpoints, `--resume`, early stopping, mixed precision, `report_to`
+tracking and several processes (`torchrun --nproc_per_node 2 -m trainer.cli ...`, gloo on CPU) come with it.
+Layout of a run folder:
+  checkpoints/        Trainer checkpoints (kept for --resume)
+  model/              the fine-tuned model and tokenizer (written last; its presence marks a finished run)
+  train_config.json   the resolved TrainConfig
+  metrics.json        perplexity before/after, tokens, wall time, the loss history
+  loss.png            the loss curve
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import TweetgenError
+
+from .base import load_base, separator_token
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(TweetgenError):
+    """Training cannot start or go on (too little data, an interrupted run without --resume, ...)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced and measured."""
+
+    model_dir: Path
+    perplexity_before: float  # validation perplexity of the base model
+    perplexity_after: float  # validation perplexity of the fine-tuned model
+    train_tokens: int  # tokens the model was trained on, repeats of epochs included
+    wall_seconds: float  # time spent in the training loop
+    tokens_per_second: float
+    epochs: float  # epochs actually run (early stopping may end sooner)
+    steps: int
+    separator: str  # the token between tweets, also the prompt start at run time
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def pack(texts: list[str], tokenizer, separator_id: int, block_size: int) -> dict[str, list[list[int]]]:
+    """Tokenize tweets into one stream, `SEP t1 SEP t2 SEP ...`, cut into blocks of `block_size` tokens.
+
+    The last block is padded; padding is masked out of attention and loss.
+    """
+    stream = [separator_id]
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream.extend(ids)
+        stream.append(separator_id)
+    blocks = {"input_ids": [], "attention_mask": [], "labels": []}
+    for start in range(0, len(stream) - 1, block_size):
+        chunk = stream[start:start + block_size]
+        pad = block_size - len(chunk)
+        blocks["input_ids"].append(chunk + [separator_id] * pad)
+        blocks["attention_mask"].append([1] * len(chunk) + [0] * pad)
+        blocks["labels"].append(chunk + [-100] * pad)
+    return blocks
+
+
+def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, console=None) -> TrainResult:
+    """Fine-tune `config.base_model` on a DatasetDict with "train" and "validation" splits of tweet texts.
+
+    Raises:
+        TrainError: too little data, or checkpoints of an unfinished run and no `resume`.
+        BaseModelError: the base model cannot be loaded or is not a causal LM.
+    """
+    import datasets
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, default_data_collator
+
+    run_dir = Path(run_dir)
+    _check_data(dataset, config)
+    checkpoints = _prepare_run_dir(run_dir, resume)
+    model, tokenizer = load_base(config.base_model)
+    separator = separator_token(tokenizer)
+    block_size = min(config.block_size, _context_length(model.config))
+    splits = {name: datasets.Dataset.from_dict(pack(list(dataset[name]["text"]), tokenizer,
+                                                    tokenizer.convert_tokens_to_ids(separator), block_size))
+              for name in ("train", "validation")}
+    real_tokens = sum(map(sum, splits["train"]["attention_mask"]))
+    callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping > 0 else []
+    if console is not None:
+        from .progress import RichProgressCallback
+        callbacks.append(RichProgressCallback(console))
+    trainer = Trainer(model=model, args=_training_arguments(config, checkpoints, len(splits["train"])),
+                      train_dataset=splits["train"], eval_dataset=splits["validation"],
+                      data_collator=default_data_collator, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout; progress has its own display
+    before = _perplexity(trainer.evaluate(metric_key_prefix="before"), "before_loss")
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(checkpoints))
+    wall = time.perf_counter() - started
+    after = _perplexity(trainer.evaluate(), "eval_loss")
+    epochs = float(trainer.state.epoch or 0)
+    trained = int(real_tokens * epochs)
+    result = TrainResult(
+        model_dir=run_dir / "model", perplexity_before=before, perplexity_after=after, train_tokens=trained,
+        wall_seconds=wall, tokens_per_second=trained / wall if wall else 0.0, epochs=epochs,
+        steps=int(output.global_step), separator=separator)
+    if trainer.is_world_process_zero():
+        _save_outputs(trainer, tokenizer, config, result, run_dir)
+    return result
+
+
+def _check_data(dataset, config: TrainConfig) -> None:
+    count = len(dataset["train"]) + len(dataset["validation"])
+    if count < config.min_tweets or len(dataset["validation"]) == 0 or len(dataset["train"]) == 0:
+        raise TrainError(
+            f"too little data to train: {len(dataset['train'])} training and {len(dataset['validation'])} validation "
+            f"tweets; tweetgen needs at least {config.min_tweets} kept tweets with some held out for validation "
+            "(a few hundred or more give a model worth using)")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> Path:
+    checkpoints = run_dir / "checkpoints"
+    finished = (run_dir / "model").is_dir()
+    if resume and not _has_checkpoint(checkpoints):
+        raise TrainError(f"--resume: {checkpoints} holds no checkpoint to resume from; run without --resume")
+    if not resume and _has_checkpoint(checkpoints) and not finished:
+        raise TrainError(f"{run_dir} holds checkpoints of an unfinished run: add --resume to continue it, or "
+                         "remove that folder to start again")
+    if not resume and finished:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run's checkpoints: a new run replaces them
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return checkpoints
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
+
+
+def _context_length(config) -> int:
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+
+
+def _training_arguments(config: TrainConfig, output_dir: Path, train_blocks: int):
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    precision = config.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    strategy = "steps" if config.eval_steps > 0 else "epoch"
+    steps_per_epoch = max(1, math.ceil(train_blocks / (config.batch_size * config.gradient_accumulation)))
+    return TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation, seed=config.seed, data_seed=config.seed,
+        eval_strategy=strategy, save_strategy=strategy, eval_steps=config.eval_steps or None,
+        save_steps=config.eval_steps or None, save_total_limit=max(1, config.checkpoints_kept),
+        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+        logging_strategy="steps", logging_steps=max(1, min(50, steps_per_epoch // 10)), logging_first_step=True,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None, report_to=_report_to(config.report_to), disable_tqdm=True,
+        dataloader_num_workers=0, save_safetensors=True)
+
+
+def _report_to(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    allowed = {"wandb", "tensorboard"}
+    if set(names) - allowed:
+        raise TrainError(f"report_to {value!r}: allowed are none, wandb, tensorboard")
+    return names
+
+
+def _perplexity(metrics: dict[str, float], key: str) -> float:
+    loss = metrics[key]
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def _save_outputs(trainer, tokenizer, config: TrainConfig, result: TrainResult, run_dir: Path) -> None:
+    """The model folder last, through a temporary name, so that its presence means a finished run."""
+    staging = run_dir / "model.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    shutil.rmtree(run_dir / "model", ignore_errors=True)
+    os.replace(staging, run_dir / "model")
+    config.save(run_dir / "train_config.json")
+    history = trainer.state.log_history
+    (run_dir / "metrics.json").write_text(json.dumps({**result.to_json(), "log_history": history}, indent=2) + "\n")
+    _plot_loss(history, run_dir / "loss.png")
+
+
+def _plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no loss curve (pip install matplotlib)")
+        return
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for points, label, style in ((train, "training loss", "-"), (evals, "validation loss", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
