@@ -16,10 +16,18 @@ class BaseModelError(TweetgenError):
     """The base model cannot be loaded or is not a causal language model."""
 
 
-def load_base(name: str):
-    """Load (model, tokenizer) for fine-tuning. Raises BaseModelError with what was found and what is allowed."""
+def load_base(name: str, texts: list[str] | None = None):
+    """Load (model, tokenizer) for fine-tuning. Raises BaseModelError with what was found and what is allowed.
+
+    `scratch:KEY=VALUE,...` makes a new GPT-2 instead, its tokenizer trained on `texts` (see trainer.scratch).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if name.startswith("scratch:"):
+        from .scratch import new_gpt2
+
+        model, tokenizer = new_gpt2(name, texts or [])
+        return _with_separator(model, tokenizer)
     source, kwargs = _locate(name)
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
@@ -33,6 +41,10 @@ def load_base(name: str):
     except (OSError, ValueError, KeyError) as exc:
         raise BaseModelError(f"cannot load base model {name!r}: {_first_line(exc)}") from None
     _prepare_tokenizer(tokenizer)
+    return _with_separator(model, tokenizer)
+
+
+def _with_separator(model, tokenizer):
     separator_id = tokenizer.convert_tokens_to_ids(separator_token(tokenizer))
     model.config.eos_token_id = separator_id
     model.generation_config.eos_token_id = separator_id

@@ -33,6 +33,8 @@ class RichProgressCallback(TrainerCallback):
             return
         if "loss" in logs:
             self.progress.update(self.task, loss=f"{logs['loss']:.3f}")
+            if not self.console.is_terminal:  # a log file: no live bar, so one line per logged step
+                self.console.print(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.3f}")
         if "eval_loss" in logs:
             self.progress.console.print(f"step {state.global_step}: validation loss {logs['eval_loss']:.3f}")
 

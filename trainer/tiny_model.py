@@ -45,16 +45,9 @@ def _corpus(lines: int, seed: int = 0) -> list[str]:
 
 def build_tokenizer():
     """A byte-level BPE tokenizer, GPT-2 style, with `<|endoftext|>` as its only special token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from .scratch import train_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(3000), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    return train_bpe(_corpus(3000), VOCAB_SIZE)
 
 
 def build_model(arch: str, tokenizer):

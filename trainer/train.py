@@ -84,14 +84,14 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
     run_dir = Path(run_dir)
     _check_data(dataset, config)
     checkpoints = _prepare_run_dir(run_dir, resume)
-    model, tokenizer = load_base(config.base_model)
+    model, tokenizer = load_base(config.base_model, texts=list(dataset["train"]["text"]))
     separator = separator_token(tokenizer)
     block_size = min(config.block_size, _context_length(model.config))
     splits = {name: datasets.Dataset.from_dict(pack(list(dataset[name]["text"]), tokenizer,
                                                     tokenizer.convert_tokens_to_ids(separator), block_size))
               for name in ("train", "validation")}
     real_tokens = sum(map(sum, splits["train"]["attention_mask"]))
-    callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping > 0 else []
+    callbacks = []
     if console is not None:
         from .progress import RichProgressCallback
         callbacks.append(RichProgressCallback(console))
@@ -100,6 +100,8 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
                       data_collator=default_data_collator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout; progress has its own display
     before = _perplexity(trainer.evaluate(metric_key_prefix="before"), "before_loss")
+    if config.early_stopping > 0:  # added after the "before" evaluation, which is not one of the run's
+        trainer.add_callback(EarlyStoppingCallback(config.early_stopping))
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(checkpoints))
     wall = time.perf_counter() - started
