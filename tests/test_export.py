@@ -263,3 +263,36 @@ def test_export_folder_info_for_a_folder_trained_elsewhere():
     info = export_folder_info(FIXTURES / "tiny_llama_hf", "outside")
     assert info.name == "outside" and info.users == {} and info.prompt_start == "<|endoftext|>"
     assert info.sampling["top_p"] == 0.95 and info.base_model.endswith("tiny_llama_hf")
+
+
+def test_models_over_the_protobuf_limit_keep_their_weights_outside(exported, tmp_path, monkeypatch):
+    import shutil
+
+    from trainer import quantize
+
+    folder = tmp_path / "large"
+    shutil.copytree(exported["gpt2"][0], folder)
+    for variant in ("model_quantized.onnx", "model_fp16.onnx"):
+        (folder / variant).unlink()
+    monkeypatch.setattr(quantize, "PROTOBUF_LIMIT", 1000)  # bytes: the tiny model counts as large
+    assert quantize.quantize_int8(folder / "model.onnx", folder / "model_quantized.onnx") > 0
+    quantize.convert_fp16(folder / "model.onnx", folder / "model_fp16.onnx")
+    for variant in ("int8", "fp16"):
+        generator = Generator.load(folder, device="cpu", precision=variant)
+        assert (folder / f"{generator.model_path.name}.data").stat().st_size > 10_000
+        assert len(runtime_greedy(generator, PROMPT, 4)) == 4
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_swap_into_place_leaves_the_old_folder_at_the_temp_path(tmp_path, monkeypatch, exchange):
+    from trainer import swap
+
+    if not exchange:
+        monkeypatch.setattr(swap, "_exchange", lambda a, b: False)  # the rename-aside path of other systems
+    out, new = tmp_path / "model", tmp_path / "new"
+    for folder, text in ((out, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "which").write_text(text)
+    swap.swap_into_place(new, out)
+    assert (out / "which").read_text() == "new" and (new / "which").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "new"]

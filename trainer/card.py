@@ -104,6 +104,10 @@ def _export_section(export: dict[str, Any]) -> str:
                      f"PyTorch on {parity['prompts']} prompts: {'yes' if parity['equal'] else 'NO'}.")
     if export.get("max_logit_diff") is not None:
         lines.append(f"- Largest difference between ONNX and PyTorch logits: {export['max_logit_diff']:.2e}.")
+    fp16 = export.get("fp16") or {}
+    if fp16.get("max_logit_diff_vs_fp32") is not None:
+        lines.append(f"- Largest difference between fp16 and fp32 logits (on CPU): "
+                     f"{fp16['max_logit_diff_vs_fp32']:.2e}.")
     int8 = export.get("int8") or {}
     if int8.get("perplexity_fp32") is not None:
         lines.append(f"- Held-out perplexity: fp32 {int8['perplexity_fp32']:.3f}, int8 {int8['perplexity_int8']:.3f} "

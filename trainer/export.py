@@ -21,6 +21,9 @@ from runtime.errors import TweetgenError
 from trainer import swap
 from trainer.card import render_card
 from trainer.quantize import convert_fp16, quantize_int8
+from trainer.report import ExportReport
+
+__all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "export_folder_info", "export_model"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -33,6 +36,7 @@ DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 50, "top_p":
                     "repetition_penalty": 1.0}
 REPLACEABLE_MARKERS = ("tweetgen.json", "model.onnx")  # an existing out_dir holding one of these may be replaced
 INT8_TOLERANCE = 0.03  # int8 perplexity may exceed fp32's by this fraction before the report warns
+FP16_TOLERANCE = 1.0  # max |logit| difference fp16 vs fp32 (on CPU) before the report warns
 
 
 class ExportError(TweetgenError):
@@ -51,42 +55,6 @@ class ExportInfo:
     evaluation: dict[str, Any] = field(default_factory=dict)  # e.g. perplexity_before, perplexity_after
     sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))  # generation_config.json
     license: str = "mit"  # Hugging Face license id for the card; should follow the base model's
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """What the export made and measured."""
-
-    out_dir: Path  # the model folder, in place
-    files: dict[str, int]  # ONNX file -> bytes
-    parity_prompts: int  # prompts whose greedy ids were compared with PyTorch's (all equal, or export fails)
-    max_logit_diff: float  # max |logit| difference, ONNX fp32 vs PyTorch, on one prompt
-    int8_matmul_integer: int | None = None  # MatMulInteger nodes in model_quantized.onnx; None: no int8 variant
-    perplexity_fp32: float | None = None  # on eval_texts; None when none were given
-    perplexity_int8: float | None = None
-    eval_tokens: int | None = None  # tokens scored for the perplexities
-    fp16_max_logit_diff: float | None = None  # fp16 vs fp32 on CPU; None when not run
-    seconds: float = 0.0  # wall time of the whole export
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def int8_relative_diff(self) -> float | None:
-        """int8 perplexity / fp32 perplexity - 1."""
-        if self.perplexity_fp32 is None or self.perplexity_int8 is None:
-            return None
-        return self.perplexity_int8 / self.perplexity_fp32 - 1
-
-    def to_json(self) -> dict[str, Any]:
-        """The report as written into tweetgen.json ("export") and read by the model card."""
-        int8 = None
-        if self.int8_matmul_integer is not None:
-            int8 = {"matmul_integer": self.int8_matmul_integer, "perplexity_fp32": self.perplexity_fp32,
-                    "perplexity_int8": self.perplexity_int8, "relative_diff": self.int8_relative_diff,
-                    "tokens": self.eval_tokens}
-        return {"files": dict(self.files), "greedy_parity": {"prompts": self.parity_prompts, "equal": True},
-                "max_logit_diff": self.max_logit_diff, "int8": int8,
-                "fp16": {"max_logit_diff_vs_fp32": self.fp16_max_logit_diff} if "model_fp16.onnx" in self.files
-                else None, "seconds": round(self.seconds, 1), "warnings": list(self.warnings)}
 
 
 def check_causal_lm(model_dir: Path):
@@ -201,7 +169,7 @@ def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: lis
     if fp16:
         progress("converting to fp16")
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
-        report = _replace(report, fp16_max_logit_diff=_try_fp16_on_cpu(tmp, max_logit_diff))
+        report = _check_fp16_on_cpu(tmp, report, max_logit_diff)
     return report
 
 
@@ -257,13 +225,19 @@ def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None) -> 
     return report
 
 
-def _try_fp16_on_cpu(tmp: Path, max_logit_diff: Callable[..., float]) -> float | None:
-    """fp16 vs fp32 logits when this onnxruntime has CPU kernels for the fp16 graph; None (logged) otherwise."""
+def _check_fp16_on_cpu(tmp: Path, report: ExportReport, max_logit_diff: Callable[..., float]) -> ExportReport:
+    """fp16 vs fp32 logits, when this onnxruntime has CPU kernels for the fp16 graph (logged when not)."""
     try:
-        return max_logit_diff(tmp, "fp16")
-    except TweetgenError as exc:
+        diff = max_logit_diff(tmp, "fp16")
+    except (TweetgenError, RuntimeError) as exc:  # onnxruntime's errors derive from RuntimeError
         log.info("fp16 variant not checked on CPU: %s", exc)
-        return None
+        return report
+    report = _replace(report, fp16_max_logit_diff=diff)
+    if not diff < FP16_TOLERANCE:  # NaN included: a constant overflowed float16
+        message = f"fp16 logits differ from fp32 by up to {diff:.3g} (tolerance {FP16_TOLERANCE}); prefer fp32 on GPU"
+        log.warning(message)
+        report = _replace(report, warnings=(*report.warnings, message))
+    return report
 
 
 def _finish(tmp: Path, info: ExportInfo, report: ExportReport, out_dir: Path, seconds: float) -> ExportReport:
