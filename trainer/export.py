@@ -1,0 +1,298 @@
+"""Export a Hugging Face causal LM folder to tweetgen's model folder (ARCHITECTURE.md, format 1), checked and atomic.
+
+Everything is written into a temporary folder next to the destination (same filesystem), checked there with
+tweetgen's runtime, and only then swapped in: an export that fails, runs out of disk or is killed leaves the
+previous folder as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace as _replace
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import TweetgenError
+from trainer import swap
+from trainer.card import render_card
+from trainer.quantize import convert_fp16, quantize_int8
+from trainer.report import ExportReport
+
+__all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "export_folder_info", "export_model"]
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # architectures names export accepts
+KEEP_FILES = ("model.onnx", "tokenizer.json", "config.json", "generation_config.json", "tweetgen.json", "README.md",
+              # not read by tweetgen, but AutoTokenizer needs them to rebuild the right tokenizer for Optimum users
+              "tokenizer_config.json", "special_tokens_map.json")
+VARIANT_FILES = ("model.onnx", "model_quantized.onnx", "model_fp16.onnx")
+DEFAULT_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 50, "top_p": 0.95, "max_new_tokens": 64,
+                    "repetition_penalty": 1.0}
+REPLACEABLE_MARKERS = ("tweetgen.json", "model.onnx")  # an existing out_dir holding one of these may be replaced
+INT8_TOLERANCE = 0.03  # int8 perplexity may exceed fp32's by this fraction before the report warns
+FP16_TOLERANCE = 1.0  # max |logit| difference fp16 vs fp32 (on CPU) before the report warns
+
+
+class ExportError(TweetgenError):
+    """The export could not be made or did not pass its checks; the previous model folder is unchanged."""
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What the exported folder says about itself (tweetgen.json, generation_config.json, README.md)."""
+
+    name: str  # the model's name: exported/<name>/, the card's title
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # user -> {"prefix": str, "stats": {counts}}
+    prompt_start: str = ""  # text the runtime puts before every prompt (the training separator, "<|endoftext|>")
+    base_model: str = ""  # the model fine-tuned: a Hugging Face id or a path
+    training: dict[str, Any] = field(default_factory=dict)  # hyperparameters, name -> value; empty if unknown
+    evaluation: dict[str, Any] = field(default_factory=dict)  # e.g. perplexity_before, perplexity_after
+    sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))  # generation_config.json
+    license: str = "mit"  # Hugging Face license id for the card; should follow the base model's
+
+
+def check_causal_lm(model_dir: Path):
+    """Read model_dir's config; raise ExportError unless it is a Hugging Face causal LM folder with weights."""
+    from transformers import AutoConfig
+
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(f"{model_dir} is not a Hugging Face model folder: it has no config.json "
+                          "(write one with model.save_pretrained(folder))")
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"cannot read {model_dir / 'config.json'}: {exc}") from None
+    found = list(config.architectures or [])
+    if not any(arch.endswith(CAUSAL_LM_SUFFIXES) for arch in found):
+        what = ", ".join(found) if found else f"no architectures (model_type {config.model_type!r})"
+        raise ExportError(f"{model_dir} holds {what}, not a causal language model; export needs one whose "
+                          f"architectures name ends in {' or '.join(CAUSAL_LM_SUFFIXES)} "
+                          "(e.g. GPT2LMHeadModel, LlamaForCausalLM)")
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not any((model_dir / name).is_file() for name in weights):
+        raise ExportError(f"{model_dir} has no weights: expected one of {', '.join(weights)}")
+    return config
+
+
+def export_folder_info(model_dir: str | Path, name: str) -> ExportInfo:
+    """An ExportInfo for a folder trained elsewhere: no users or stats; prompt start = the tokenizer's eos token."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    check_causal_lm(model_dir)
+    try:
+        eos = AutoTokenizer.from_pretrained(model_dir, local_files_only=True).eos_token or ""
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read the tokenizer of {model_dir}: {exc}") from None
+    return ExportInfo(name=name, prompt_start=eos, base_model=str(model_dir))
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo, eval_texts: list[str] | None = None,
+                 int8: bool = True, fp16: bool = True, max_new_tokens: int = 16,
+                 progress: Callable[[str], None] | None = None) -> ExportReport:
+    """Export a Hugging Face causal LM folder to a tweetgen model folder, check it, and move it into place.
+
+    Args:
+        model_dir: the PyTorch folder (config.json, weights, tokenizer), e.g. a training output or checkpoint.
+        out_dir: the model folder to write, e.g. exported/<name>; an existing one is replaced only on success.
+        info: names, users, prompt start, training details and sampling defaults to record.
+        eval_texts: held-out texts (tweets) on which fp32 and int8 perplexities are compared; None skips it.
+        int8, fp16: write model_quantized.onnx (CPU) and model_fp16.onnx (CUDA).
+        max_new_tokens: tokens decoded greedily per prompt in the parity check.
+        progress: called with a short description as each step starts.
+
+    Returns:
+        The ExportReport (also written into tweetgen.json and the model card).
+
+    Raises:
+        ExportError: not a causal LM folder, Optimum failed, ONNX and PyTorch disagree, or the disk is full.
+    """
+    started = time.perf_counter()
+    model_dir, out_dir = Path(model_dir).expanduser(), Path(out_dir).expanduser()
+    if not model_dir.is_dir():
+        raise ExportError(f"model folder {str(model_dir)!r} does not exist or is not a folder")
+    config = check_causal_lm(model_dir)
+    _check_destination(out_dir, source=model_dir)
+    swap.remove_stale_temps(out_dir)
+    tmp = None
+    try:
+        tmp = swap.make_temp(out_dir)
+        report = _build(model_dir, config, tmp, info, eval_texts, int8, fp16, max_new_tokens, progress or _log_step)
+        report = _finish(tmp, info, report, out_dir, time.perf_counter() - started)
+        swap.swap_into_place(tmp, out_dir)
+    except OSError as exc:
+        raise _os_error(exc, out_dir, tmp) from exc
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # the failed export, or the old folder swapped out
+    log.info("exported %s in %.0f s", out_dir, report.seconds)
+    return report
+
+
+def _check_destination(out_dir: Path, *, source: Path) -> None:
+    """Refuse a destination whose replacement would destroy something that is not a model folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder; choose another output folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / m).is_file() for m in REPLACEABLE_MARKERS):
+        raise ExportError(f"{out_dir} exists and is not a model folder (no {' or '.join(REPLACEABLE_MARKERS)}); "
+                          "the export would replace it: choose another output folder or remove it")
+    out, src = out_dir.resolve(), source.resolve()
+    if out == src or out in src.parents:
+        raise ExportError(f"the output folder {out_dir} holds the model being exported ({source}); "
+                          "choose another output folder")
+
+
+def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: list[str] | None, int8: bool,
+           fp16: bool, max_new_tokens: int, progress: Callable[[str], None]) -> ExportReport:
+    from trainer.parity import check_parity, max_logit_diff
+
+    progress("exporting to ONNX with Optimum")
+    _optimum_export(model_dir, tmp)
+    _write_folder_info(model_dir, config, tmp, info)
+    progress("checking ONNX against PyTorch")
+    parity = check_parity(model_dir, tmp, max_new_tokens=max_new_tokens)
+    if not parity.equal:
+        bad = parity.mismatches[0]
+        raise ExportError(f"the ONNX export of {model_dir} decodes differently from PyTorch: prompt {bad.prompt_ids} "
+                          f"gave {bad.onnx_ids} with ONNX and {bad.torch_ids} with PyTorch "
+                          f"(max logit difference {parity.max_logit_diff:.3g}); the previous model folder is unchanged")
+    report = ExportReport(out_dir=tmp, files={}, parity_prompts=parity.prompts, max_logit_diff=parity.max_logit_diff)
+    if int8:
+        progress("quantizing to int8")
+        report = _add_int8(tmp, report, eval_texts)
+    if fp16:
+        progress("converting to fp16")
+        convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
+        report = _check_fp16_on_cpu(tmp, report, max_logit_diff)
+    return report
+
+
+def _optimum_export(model_dir: Path, tmp: Path) -> None:
+    from optimum.exporters.onnx import main_export
+
+    try:
+        main_export(str(model_dir), tmp, task="text-generation-with-past", do_validation=False, device="cpu",
+                    local_files_only=True, library_name="transformers")
+    except OSError:
+        raise
+    except Exception as exc:  # Optimum and torch.onnx raise many types; the message is what the user needs
+        if _disk_full(exc):
+            raise OSError(errno.ENOSPC, str(exc)) from exc
+        raise ExportError(f"Optimum could not export {model_dir} (task text-generation-with-past): {exc}") from exc
+    if not (tmp / "model.onnx").is_file() or not (tmp / "tokenizer.json").is_file():
+        raise ExportError(f"the export of {model_dir} made no model.onnx or no tokenizer.json (a fast tokenizer is "
+                          f"needed); it made: {', '.join(sorted(p.name for p in tmp.iterdir()))}")
+
+
+def _write_folder_info(model_dir: Path, config, tmp: Path, info: ExportInfo) -> None:
+    """generation_config.json with the sampling defaults, and tweetgen.json."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError:  # no generation_config.json: derive it from config.json
+        generation = GenerationConfig.from_model_config(config)
+    generation.update(**info.sampling)
+    generation.save_pretrained(tmp)
+    tweetgen = {"format": FORMAT_VERSION, "name": info.name, "users": info.users, "prompt_start": info.prompt_start,
+                "base_model": info.base_model, "training": info.training, "evaluation": info.evaluation,
+                "export": {}, "versions": _versions()}
+    (tmp / "tweetgen.json").write_text(json.dumps(tweetgen, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None) -> ExportReport:
+    from trainer.perplexity import perplexity
+
+    count = quantize_int8(tmp / "model.onnx", tmp / "model_quantized.onnx")
+    report = _replace(report, int8_matmul_integer=count)
+    if not eval_texts:
+        return report
+    fp32 = perplexity(tmp / "model.onnx", eval_texts)
+    quantized = perplexity(tmp / "model_quantized.onnx", eval_texts)
+    report = _replace(report, perplexity_fp32=fp32.perplexity, perplexity_int8=quantized.perplexity,
+                      eval_tokens=fp32.tokens)
+    if report.int8_relative_diff > INT8_TOLERANCE:
+        message = (f"int8 perplexity {quantized.perplexity:.3f} is {report.int8_relative_diff:.1%} above fp32's "
+                   f"{fp32.perplexity:.3f} (tolerance {INT8_TOLERANCE:.0%}); run with precision='fp32' if it matters")
+        log.warning(message)
+        report = _replace(report, warnings=(*report.warnings, message))
+    return report
+
+
+def _check_fp16_on_cpu(tmp: Path, report: ExportReport, max_logit_diff: Callable[..., float]) -> ExportReport:
+    """fp16 vs fp32 logits, when this onnxruntime has CPU kernels for the fp16 graph (logged when not)."""
+    try:
+        diff = max_logit_diff(tmp, "fp16")
+    except (TweetgenError, RuntimeError) as exc:  # onnxruntime's errors derive from RuntimeError
+        log.info("fp16 variant not checked on CPU: %s", exc)
+        return report
+    report = _replace(report, fp16_max_logit_diff=diff)
+    if not diff < FP16_TOLERANCE:  # NaN included: a constant overflowed float16
+        message = f"fp16 logits differ from fp32 by up to {diff:.3g} (tolerance {FP16_TOLERANCE}); prefer fp32 on GPU"
+        log.warning(message)
+        report = _replace(report, warnings=(*report.warnings, message))
+    return report
+
+
+def _finish(tmp: Path, info: ExportInfo, report: ExportReport, out_dir: Path, seconds: float) -> ExportReport:
+    """Prune to the format's files, record the report in tweetgen.json, write the card."""
+    variants = [name for name in VARIANT_FILES if (tmp / name).is_file()]
+    keep = set(KEEP_FILES) | set(variants)
+    for path in tmp.iterdir():
+        data_of = path.name.removesuffix("_data").removesuffix(".data")  # external weights stay with their graph
+        if path.name not in keep and data_of not in variants:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    files = {path.name: path.stat().st_size for path in sorted(tmp.iterdir()) if path.name.startswith("model")}
+    report = _replace(report, out_dir=out_dir, files=files, seconds=seconds)
+    info_path = tmp / "tweetgen.json"
+    tweetgen = _read_json(info_path)
+    tweetgen["export"] = report.to_json()
+    info_path.write_text(json.dumps(tweetgen, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    card = render_card(name=info.name, users=info.users, base_model=info.base_model or "unknown",
+                       training=info.training, evaluation=info.evaluation, export=report.to_json(),
+                       prompt_start=info.prompt_start, license=info.license)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    return report
+
+
+def _os_error(exc: OSError, out_dir: Path, tmp: Path | None) -> ExportError:
+    where = tmp or out_dir.parent
+    if exc.errno == errno.ENOSPC:
+        return ExportError(f"disk full while exporting {out_dir} (writing in {where}); free some space and export "
+                           f"again; {out_dir} was left as it was")
+    return ExportError(f"cannot write the export of {out_dir} (in {where}): {exc}; {out_dir} was left as it was")
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """True when the exception or one it was raised from is a full disk (torch.onnx wraps OSError)."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("tweetgen", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _log_step(step: str) -> None:
+    log.info("%s", step)

@@ -1,0 +1,156 @@
+"""The int8 (CPU) and fp16 (GPU) variants of an exported model.onnx; the fp32 file itself is never modified.
+
+onnxruntime's dynamic quantizer only quantizes MatMul nodes whose weight is a constant. Optimum exports GPT-2's
+linear layers as Gemm and feeds the output layer a `Transpose(wte)`, so on the raw export it leaves almost all of
+GPT-2 in fp32. `quantize_int8` first rewrites a copy of the graph (Gemm -> MatMul + Add, constant Transposes folded
+into initializers); GPT-2 124M then has 49 MatMulInteger nodes (48 linear layers + the output layer).
+
+Graphs over 2 GB (protobuf's limit) are read and written with external data (`<file>.data` next to the .onnx).
+Both steps hold the whole model in memory, so they need about 3x the fp32 model's size in RAM.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+PROTOBUF_LIMIT = 2**31 - 2**24  # bytes; above this (with some margin) a model must keep its weights outside the .onnx
+INT8_OP_TYPES = ["MatMul", "Gather"]  # the linear layers and the token embedding table
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, op_types: list[str] | None = None) -> int:
+    """Write a dynamically quantized int8 copy of an ONNX decoder (per-tensor weights, uint8 activations).
+
+    Args:
+        fp32_path: the fp32 model.onnx (left untouched).
+        out_path: where to write the int8 model, e.g. model_quantized.onnx next to it.
+        op_types: the node types to quantize (default INT8_OP_TYPES).
+
+    Returns:
+        The number of MatMulInteger nodes in the written model.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    model = onnx.load(str(fp32_path))
+    large = _is_large(fp32_path)
+    gemms, transposes = prepare_for_quantization(model)
+    log.info("int8: rewrote %d Gemm as MatMul + Add, folded %d constant Transpose", gemms, transposes)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        _save(model, prepared, large)
+        del model
+        quantize_dynamic(prepared, out_path, op_types_to_quantize=op_types or INT8_OP_TYPES, per_channel=False,
+                         weight_type=QuantType.QInt8, use_external_data_format=large)
+    counts = count_ops(onnx.load(str(out_path), load_external_data=False))
+    log.info("int8: %d MatMulInteger, %d MatMul and %d Gemm left in fp32", counts.get("MatMulInteger", 0),
+             counts.get("MatMul", 0), counts.get("Gemm", 0))
+    return counts.get("MatMulInteger", 0)
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> None:
+    """Write a float16 copy of an ONNX decoder, for CUDA. Runs on a CPU-only machine.
+
+    Inputs and outputs become float16 too (past/present KV cache and logits), as in Optimum's own fp16 exports:
+    the cache then takes half the GPU memory, and the runtime reads the cache dtype from the session and casts
+    logits to float32 itself. Constants beyond float16's range (attention masks use float32's minimum) are
+    clamped to +-65504 by the converter.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    model = onnx.load(str(fp32_path))
+    large = _is_large(fp32_path)
+    # The converter runs onnx shape inference, which cannot take a proto over 2 GB: skip it then.
+    model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=large)
+    _save(model, out_path, large)
+
+
+def prepare_for_quantization(model: onnx.ModelProto) -> tuple[int, int]:
+    """Rewrite `model` in place so that the dynamic quantizer sees every constant-weight linear layer as MatMul.
+
+    Returns (Gemm nodes rewritten, Transpose nodes folded).
+    """
+    folded = _fold_constant_transposes(model.graph)
+    rewritten = _gemm_to_matmul(model.graph)
+    return rewritten, folded
+
+
+def count_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """How many nodes of each op type the main graph has."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _fold_constant_transposes(graph: onnx.GraphProto) -> int:
+    """Replace each Transpose of an initializer by a transposed initializer of the same output name."""
+    initializers = {init.name: init for init in graph.initializer}
+    keep, folded = [], 0
+    for node in graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in initializers:
+            keep.append(node)
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[0]])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(weight, perm)),
+                                                         node.output[0]))
+        folded += 1
+    _replace_nodes(graph, keep)
+    return folded
+
+
+def _gemm_to_matmul(graph: onnx.GraphProto) -> int:
+    """Gemm(A, W, b) with a constant W, alpha = beta = 1 and no transA becomes MatMul(A, W) + b."""
+    initializers = {init.name: init for init in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in initializers or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight_name = node.input[1]
+        if attrs.get("transB", 0):  # (out, in) -> (in, out), as a new initializer: others may read the old one
+            transposed = f"{weight_name}_transposed_for_matmul"
+            if transposed not in initializers:
+                weight = np.ascontiguousarray(numpy_helper.to_array(initializers[weight_name]).T)
+                initializers[transposed] = numpy_helper.from_array(weight, transposed)
+                graph.initializer.append(initializers[transposed])
+            weight_name = transposed
+        name = node.name or f"gemm_{rewritten}"
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{name}/MatMul_output_0" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [product], name=f"{name}/MatMul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{name}/Add"))
+        rewritten += 1
+    _replace_nodes(graph, nodes)
+    return rewritten
+
+
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _is_large(fp32_path: Path) -> bool:
+    """True when the model and its external data together pass the protobuf limit."""
+    size = fp32_path.stat().st_size
+    size += sum(p.stat().st_size for p in fp32_path.parent.glob(f"{fp32_path.name}*data"))
+    return size > PROTOBUF_LIMIT
+
+
+def _save(model: onnx.ModelProto, path: Path, large: bool) -> None:
+    if large:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
