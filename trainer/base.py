@@ -113,3 +113,24 @@ def _prepare_tokenizer(tokenizer) -> None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def base_license(name: str) -> str:
+    """The base model's license id, for the model card: from GGUF metadata or the folder's card; else "other"."""
+    if name.startswith("scratch:"):
+        return "mit"  # new weights, made by tweetgen itself
+    path = Path(name).expanduser()
+    try:
+        if path.suffix == ".gguf":
+            from gguf import GGUFReader
+
+            field = GGUFReader(path).fields.get("general.license")
+            return bytes(field.parts[field.data[0]]).decode() if field else "other"
+        card = path / "README.md"
+        if card.is_file():
+            for line in card.read_text(encoding="utf-8", errors="replace").splitlines()[:30]:
+                if line.startswith("license:"):
+                    return line.split(":", 1)[1].strip() or "other"
+    except Exception:  # a missing or unreadable license is not worth failing an export for
+        log.debug("no license found for %s", name, exc_info=True)
+    return {"gpt2": "mit", "distilgpt2": "apache-2.0"}.get(name, "other")

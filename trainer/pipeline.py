@@ -15,6 +15,7 @@ from typing import Any
 
 from runtime.errors import TweetgenError
 
+from .base import base_license
 from .config import TrainConfig
 from .dataset import DatasetOptions, build_dataset, load_clean, user_prefix
 
@@ -73,10 +74,11 @@ def export_info(workdir: Path, name: str):
     for user, counts in stats.items():
         users[user] = {"stats": counts, **({"prefix": user_prefix(user)} if tagged else {})}
     training = {k: v for k, v in asdict(config).items() if k not in ("report_to", "min_tweets")}
+    training["tag_users"] = tagged
     training.update({k: metrics[k] for k in ("train_tokens", "wall_seconds", "tokens_per_second", "epochs", "steps")})
     evaluation = {"perplexity_before": metrics["perplexity_before"], "perplexity_after": metrics["perplexity_after"]}
     return ExportInfo(name=name, users=users, prompt_start=metrics["separator"], base_model=config.base_model,
-                      training=training, evaluation=evaluation)
+                      training=training, evaluation=evaluation, license=base_license(config.base_model))
 
 
 def validation_texts(workdir: Path, name: str, limit: int = 300) -> list[str]:
