@@ -206,6 +206,8 @@ def run_train(args: argparse.Namespace, console) -> dict[str, Any]:
     if args.sources:
         run_clean(args)
     result = train_stage(args.workdir, args.model_name, config_from_args(args), resume=args.resume, console=console)
+    if not _is_first_process():  # under torchrun every process trains; the first one speaks
+        return {}
     console.print(f"perplexity on held-out tweets: {result.perplexity_before:.1f} before, "
                   f"{result.perplexity_after:.1f} after; {result.train_tokens:,} tokens in {result.wall_seconds:.0f} s "
                   f"({result.tokens_per_second:.0f} tokens/s); model in {result.model_dir}")
