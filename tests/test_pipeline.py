@@ -37,7 +37,8 @@ def cyborg(tmp_path_factory):
     out = tmp / "exported" / "cyborg"
     argv = ["--file", str(tmp / "alice.csv"), "--file", str(tmp / "bob.csv"), "--name", "cyborg",
             "--base-model", str(FIXTURES / "tiny_gpt2_hf"), "--epochs", "2", "--batch-size", "4",
-            "--block-size", "32", "--learning-rate", "2e-3", "--workdir", str(tmp / "work"), "--out", str(out)]
+            "--block-size", "32", "--learning-rate", "2e-3", "--workdir", str(tmp / "work"), "--out", str(out),
+            "--eval-samples", "40"]
     assert main(argv) == 0
     return tmp, out
 
@@ -68,6 +69,13 @@ def test_the_card_and_tweetgen_json_carry_the_cleaning_counts(cyborg):
     assert evaluation["perplexity_after"] < evaluation["perplexity_before"]
     raw = (tmp / "alice.csv").read_text().splitlines()[1].split(",", 1)[1]
     assert raw not in card, "the card must hold counts only, never a tweet"
+
+
+def test_the_pipeline_evaluates_the_exported_folder(cyborg):
+    _, out = cyborg
+    report = json.loads((out / "eval.json").read_text())
+    assert report["samples"] == 40 and set(report["users"]) == {"alice", "bob"}
+    assert (out / "README.md").read_text().count("## Evaluation") == 1
 
 
 def test_stages_alone_reuse_what_the_earlier_ones_left(cyborg, capsys):
