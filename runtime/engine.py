@@ -21,6 +21,7 @@ from .sampling import SamplingParams, penalize_repeats, sample
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+MAX_SAMPLES = 1024  # rows decoded together; each holds its own KV cache (GPT-2 124M: ~9 MB a row at 128 tokens)
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ class Engine:
         not on the first step.
         """
         prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, not {n!r}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
+            raise ValueError(f"n must be an integer from 1 to {MAX_SAMPLES}, not {n!r}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, not {max_new_tokens!r}")

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .engine import Engine, read_graph_spec
+from .engine import MAX_SAMPLES, Engine, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
 from .folder import ModelFolder, read_folder
 from .sampling import SamplingParams
@@ -153,8 +153,8 @@ class Generator:
             raise ValueError(f"seed must be an integer >= 0 or None, not {seed!r}")
         ids = self.encode_prompt(prompt, user)
         max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, not {n!r}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
+            raise ValueError(f"n must be an integer from 1 to {MAX_SAMPLES}, not {n!r}")
         texts = [TweetText(self.tokenizer, max_chars=max_chars, stop_at_newline=stop_at_newline) for _ in range(n)]
         done = np.zeros(n, dtype=bool)
         tokens = self.engine.generate(ids, n=n, max_new_tokens=max_new, params=params,

@@ -45,7 +45,7 @@ def test_model_from_the_environment():
 
 
 @pytest.mark.parametrize("args, stdin, message", [
-    (["-n", "0", "x"], b"", "n must be an integer >= 1"),
+    (["-n", "0", "x"], b"", "n must be an integer from 1 to 1024"),
     (["-t", "-1", "x"], b"", "temperature must be"),
     (["-p", "1.5", "x"], b"", "top_p must be in (0, 1]"),
     (["-k", "-2", "x"], b"", "top_k must be"),
