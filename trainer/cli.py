@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--workdir", type=Path, metavar="DIR", help="the work folder of a trained run")
     export_parser.add_argument("--name", help="the model's name (default: the folder's name)")
     _add_export_args(export_parser)
+    export_parser.add_argument("--json", action="store_true", help="print the export report as JSON on stdout")
     export_parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     eval_parser = stages.add_parser("eval", help="measure a model folder on the work folder's held-out tweets: "
                                                  "perplexity, voice, memorization, diversity (eval.json, card)")

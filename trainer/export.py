@@ -210,7 +210,7 @@ def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None) -> 
     from trainer.perplexity import perplexity
 
     count = quantize_int8(tmp / "model.onnx", tmp / "model_quantized.onnx")
-    report = _replace(report, int8_matmul_integer=count)
+    report = _replace(report, int8_linear_layers=count)
     if not eval_texts:
         return report
     fp32 = perplexity(tmp / "model.onnx", eval_texts)
