@@ -127,3 +127,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     history = json.loads((run / "metrics.json").read_text())["log_history"]
     assert result.steps == 40 and (run / "model" / "config.json").is_file()
     assert min(h["step"] for h in history if "loss" in h) < 10  # the losses logged before the kill came back
+
+
+def test_a_scratch_model_gets_a_tokenizer_trained_on_the_tweets(tmp_path):
+    dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
+    config = tiny_config(base_model="scratch:layers=1,width=32,heads=2,vocab=300,context=64", epochs=1)
+    result = train(dataset, config, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["n_layer"] == 1 and saved["n_embd"] == 32 and saved["vocab_size"] == 300
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").is_file()
+    assert result.perplexity_after < result.perplexity_before
+
+
+@pytest.mark.parametrize("spec, message", [("scratch:layers=two", "expected an integer"),
+                                           ("scratch:depth=3", "KEY one of layers"),
+                                           ("scratch:width=100,heads=3", "multiple of heads")])
+def test_bad_scratch_specs_are_refused(spec, message):
+    from runtime.errors import TweetgenError
+    from trainer.scratch import parse_spec
+
+    with pytest.raises(TweetgenError, match=message):
+        parse_spec(spec)

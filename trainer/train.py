@@ -84,7 +84,11 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
     run_dir = Path(run_dir)
     _check_data(dataset, config)
     checkpoints = _prepare_run_dir(run_dir, resume)
-    model, tokenizer = load_base(config.base_model, texts=list(dataset["train"]["text"]))
+    base = config.base_model
+    if base.startswith("scratch:") and resume and (run_dir / "tokenizer").is_dir():
+        base += f",tokenizer={run_dir / 'tokenizer'}"  # the tokenizer trained when the run began, not a new one
+    model, tokenizer = load_base(base, texts=list(dataset["train"]["text"]))
+    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     separator = separator_token(tokenizer)
     block_size = min(config.block_size, _context_length(model.config))
     splits = {name: datasets.Dataset.from_dict(pack(list(dataset[name]["text"]), tokenizer,
