@@ -219,7 +219,8 @@ def write_chart(summary: dict, path: Path) -> Path | None:
             names = [e for e in rows if get(rows[e]) is not None]
             values = [get(rows[e]) for e in names]
             colors = ["tab:orange" if _family(e) == "tweetgen" else "tab:gray" for e in names]
-            axis.barh(names, values, color=colors)
+            bars = axis.barh(names, values, color=colors)
+            axis.bar_label(bars, fmt="%.0f", fontsize=7)
             axis.invert_yaxis()
             axis.set_title(f"{model}: {title}", fontsize=9)
             axis.tick_params(labelsize=8)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.engines.base import SAMPLING, BenchEngine, Unavailable
 
 _PRECISIONS = {"model.onnx": "fp32", "model_quantized.onnx": "int8", "model_fp16.onnx": "fp16"}
@@ -46,6 +44,8 @@ class TweetgenEngine(BenchEngine):
         return [path, *path.parent.glob(f"{path.name}*data")]
 
     def greedy(self, prompt_ids: list[int], n_new: int) -> list[int]:
+        import numpy as np
+
         from runtime import SamplingParams
 
         out = []
