@@ -188,14 +188,20 @@ def find_gguf_converter(cache: Path, llama_version: str) -> Path:
                         f"llama-cpp-python=={llama_version}"], check=True, stdout=sys.stderr)
         sdist = next(Path(download).glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(sdist) as tar:
-            wanted = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and (
-                m.name.endswith("/convert_hf_to_gguf.py") or "/vendor/llama.cpp/gguf-py/" in m.name)]
+            # The converter, the gguf-py package and the local packages it imports (e.g. conversion/).
+            wanted = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name and _converter_part(
+                m.name.split("/vendor/llama.cpp/", 1)[1])]
             for member in wanted:
                 member.name = member.name.split("/vendor/llama.cpp/", 1)[1]
             tar.extractall(tools, members=wanted, filter="data")
     if not converter.is_file():
         raise OSError(f"the sdist of llama-cpp-python {llama_version} has no vendor/llama.cpp/convert_hf_to_gguf.py")
     return converter
+
+
+def _converter_part(relative: str) -> bool:
+    top = relative.split("/", 1)[0]
+    return (relative.endswith(".py") and "/" not in relative) or top in ("gguf-py", "conversion")
 
 
 def _convert_gguf(converter: Path, hf: Path, out: Path, kind: str) -> None:

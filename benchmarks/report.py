@@ -64,7 +64,8 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 
 
 def check_correctness(raw: dict[str, dict[str, list[dict]]]) -> dict:
-    """Greedy ids of every row vs tweetgen-fp32, on both prompts. Float rows must be equal; int8 rows are reported."""
+    """Greedy ids of every row vs tweetgen-fp32, on both prompts. tweetgen's float variants must be equal; int8
+    rows and the peers are reported (random weights have near-tied logits, where float rounding picks a side)."""
     out = {}
     for model, engines in raw.items():
         reference = next((r for r in engines.get(REFERENCE, []) if "short" in r), None)
@@ -80,7 +81,14 @@ def check_correctness(raw: dict[str, dict[str, list[dict]]]) -> dict:
                      for key in ("short", "long") if key in result and key in reference}
             equal = all(d is None for d in diffs.values())
             precision = precision_of(engine)
-            verdict = "equal" if equal else ("DIFFERENT" if precision == "fp32" else "differs (expected for int8)")
+            if equal:
+                verdict = "equal"
+            elif precision != "fp32":
+                verdict = f"differs ({precision})"
+            elif _family(engine) == "tweetgen":
+                verdict = "DIFFERENT: fails the check"  # a float variant the runtime ships must decode as fp32 does
+            else:
+                verdict = "differs (the peer's own float numerics)"
             checks[engine] = {"precision": precision, "equal": equal, "first_diff": diffs, "verdict": verdict}
         out[model] = checks
     return out

@@ -70,14 +70,16 @@ def _texts(tmp_path):
     return path
 
 
-def test_a_float_row_that_decodes_differently_is_flagged():
+def test_a_float_variant_that_decodes_differently_fails_and_peers_are_reported():
     reference = {"short": {"greedy_ids": [1, 2, 3]}, "long": {"greedy_ids": [4, 5]}}
     other = {"short": {"greedy_ids": [1, 2, 9]}, "long": {"greedy_ids": [4, 5]}}
-    checks = check_correctness({"m": {"tweetgen-fp32": [reference], "ct2-float32": [other],
-                                      "ct2-int8": [other], "optimum-fp32": [reference]}})["m"]
-    assert checks["ct2-float32"] == {"precision": "fp32", "equal": False, "first_diff": {"short": 2, "long": None},
-                                     "verdict": "DIFFERENT"}
-    assert checks["ct2-int8"]["verdict"].startswith("differs")
+    checks = check_correctness({"m": {"tweetgen-fp32": [reference], "tweetgen-optimized": [other],
+                                      "ct2-float32": [other], "ct2-int8": [other], "optimum-fp32": [reference]}})["m"]
+    assert checks["tweetgen-optimized"] == {"precision": "fp32", "equal": False,
+                                            "first_diff": {"short": 2, "long": None},
+                                            "verdict": "DIFFERENT: fails the check"}
+    assert checks["ct2-float32"]["verdict"].startswith("differs (the peer")
+    assert checks["ct2-int8"]["verdict"] == "differs (int8)"
     assert checks["optimum-fp32"]["verdict"] == "equal"
 
 

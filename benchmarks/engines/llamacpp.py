@@ -14,8 +14,11 @@ class LlamaCppEngine(BenchEngine):
         if path is None:
             raise Unavailable(f"no GGUF {self.variant} conversion (run benchmarks.models with llama-cpp-python "
                               "installed)")
+        # llama.cpp keeps its KV cache in f16 by default: the f32 row keeps it in f32, so that it is a float row
+        # whose greedy ids can be held to fp32's; q8_0 keeps the default a user gets.
+        cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if self.variant == "f32" else {}
         self.llm = llama_cpp.Llama(model_path=path, n_ctx=1024, n_batch=512, n_threads=self.threads,
-                                   n_threads_batch=self.threads, verbose=False)
+                                   n_threads_batch=self.threads, verbose=False, **cache)
 
     def model_files(self) -> list[Path]:
         return [Path(self.models.gguf[self.variant])]
