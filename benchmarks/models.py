@@ -1,6 +1,6 @@
 """The models every engine runs: one random-weight shape (or a given folder) in each engine's own format.
 
-    python -m benchmarks.models [--cache DIR] [--shapes gpt2 distilgpt2] [--hf DIR] [--model DIR]
+    python -m benchmarks.models [--cache DIR] [--shapes gpt2 distilgpt2] [--hf DIR ...] [--model DIR ...]
 
 For each model, a folder `<cache>/<name>/` holds:
   hf/              the PyTorch folder (config.json, model.safetensors, tokenizer): transformers, CTranslate2, GGUF
@@ -89,16 +89,23 @@ def build_from_hf(hf: Path, cache: Path, *, name: str, fp16: bool = False, train
     return models
 
 
-def from_export(folder: Path, cache: Path, *, name: str | None = None, hf: Path | None = None) -> ModelSet:
-    """An existing exported folder (e.g. the default model). Without its PyTorch folder only ONNX engines run."""
+def from_export(folder: Path, cache: Path, *, name: str | None = None) -> ModelSet:
+    """An existing exported folder (e.g. the default model): the ONNX rows only (tweetgen, Optimum), since the
+    peers need its PyTorch folder; give that with --hf to get every row on the same weights."""
     name = name or folder.resolve().name
-    if hf is not None:
-        return build_from_hf(hf, cache, name=name, onnx=folder)
     models = ModelSet(name=name, onnx=str(folder), trained=True,
-                      notes=["no PyTorch folder given (--hf): PyTorch, CTranslate2 and llama.cpp not run"])
+                      notes=["an exported folder without its PyTorch source: PyTorch, CTranslate2 and llama.cpp "
+                             "rows need --hf"])
     (cache / name).mkdir(parents=True, exist_ok=True)
     models.save(manifest_path(cache, name))
     return models
+
+
+def build_all(shapes: list[str], hf_folders: list[Path], exported: list[Path], cache: Path, *,
+              fp16: bool = False) -> list[ModelSet]:
+    built = [build_shape(shape, cache, fp16=fp16) for shape in shapes]
+    built += [build_from_hf(hf, cache, name=hf.resolve().name, fp16=fp16) for hf in hf_folders]
+    return built + [from_export(folder, cache) for folder in exported]
 
 
 def _random_gpt2(dest: Path, overrides: dict, seed: int) -> None:
@@ -224,16 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}")
     parser.add_argument("--shapes", nargs="*", default=["gpt2", "distilgpt2"], choices=list(SHAPES))
-    parser.add_argument("--hf", type=Path, help="also a Hugging Face causal-LM folder (e.g. SmolLM2-135M)")
-    parser.add_argument("--model", type=Path, help="also an exported model folder (e.g. exported/tweety)")
+    parser.add_argument("--hf", type=Path, action="append", default=[],
+                        help="a Hugging Face causal-LM folder (e.g. SmolLM2-135M); repeatable")
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="an exported model folder (e.g. exported/tweety); repeatable")
     parser.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (for the GPU rows)")
     args = parser.parse_args(argv)
-    for shape in args.shapes:
-        print(json.dumps(asdict(build_shape(shape, args.cache, fp16=args.fp16))))
-    if args.model:
-        print(json.dumps(asdict(from_export(args.model, args.cache, hf=args.hf))))
-    elif args.hf:
-        print(json.dumps(asdict(build_from_hf(args.hf, args.cache, name=args.hf.resolve().name, fp16=args.fp16))))
+    for models in build_all(args.shapes, args.hf, args.model, args.cache, fp16=args.fp16):
+        print(json.dumps(asdict(models)))
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                       # GPT-2 124M and distilgpt2 shapes, 3 rounds (README.md)
     python -m benchmarks.run --quick               # distilgpt2 shape, 1 round: a 1-2 minute smoke run
-    python -m benchmarks.run --hf /path/SmolLM2-135M --model exported/tweety --engines tweetgen optimum
+    python -m benchmarks.run --hf /path/SmolLM2-135M --model exported/tweety
 
 Every time is the MINIMUM over all repeats of all rounds (the least-disturbed run, as timeit reports); peak RSS is
 the maximum over rounds. Raw samples are all kept in the JSON.
@@ -31,12 +31,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def build_models(args: argparse.Namespace) -> list[ModelSet]:
-    built = [model_builder.build_shape(shape, args.cache, fp16=args.fp16) for shape in args.shapes]
-    if args.model:
-        built.append(model_builder.from_export(args.model, args.cache, hf=args.hf))
-    elif args.hf:
-        built.append(model_builder.build_from_hf(args.hf, args.cache, name=args.hf.resolve().name, fp16=args.fp16))
-    return built
+    exported = list(args.model)
+    from runtime.cli import DEFAULT_MODEL_NAME, EXPORTED_DIR
+
+    default = EXPORTED_DIR / DEFAULT_MODEL_NAME  # tweetgen-run's default model, when one has been made
+    if not exported and not args.quick and default.is_dir():
+        exported.append(default)
+    return model_builder.build_all(args.shapes, args.hf, exported, args.cache, fp16=args.fp16)
 
 
 def selected(models: ModelSet, wanted: list[str] | None, gpu: bool):
@@ -146,9 +147,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="distilgpt2 shape, 1 round, 1 repeat")
     parser.add_argument("--shapes", nargs="*", choices=list(model_builder.SHAPES),
                         help="random-weight shapes (default: gpt2 distilgpt2)")
-    parser.add_argument("--hf", type=Path, help="also a Hugging Face causal-LM folder (e.g. SmolLM2-135M)")
-    parser.add_argument("--model", type=Path, help="also an exported tweetgen folder (e.g. exported/tweety); with "
-                                                   "--hf, its PyTorch source for the peers")
+    parser.add_argument("--hf", type=Path, action="append", default=[],
+                        help="also a Hugging Face causal-LM folder, exported and converted for every row "
+                             "(e.g. SmolLM2-135M); repeatable")
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="also an exported folder, ONNX rows only (default: exported/tweety when it exists, "
+                             "except with --quick); repeatable")
     parser.add_argument("--engines", nargs="*", help="row names or families (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement in each process")
