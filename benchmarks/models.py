@@ -82,6 +82,10 @@ def build_from_hf(hf: Path, cache: Path, *, name: str, fp16: bool = False, train
         onnx = root / "onnx"
         if not (onnx / "model_quantized.onnx").is_file():
             _export(hf, onnx, name, fp16)
+        elif fp16 and not (onnx / "model_fp16.onnx").is_file():  # built before without it
+            from trainer.quantize import convert_fp16
+
+            convert_fp16(onnx / "model.onnx", onnx / "model_fp16.onnx")
     models = ModelSet(name=name, onnx=str(onnx), hf=str(hf), trained=trained)
     _add_ct2(models, hf, root)
     _add_gguf(models, hf, root, cache)

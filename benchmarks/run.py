@@ -118,8 +118,9 @@ def _gpu_present() -> bool:
 
 
 def benchmark(args: argparse.Namespace) -> dict:
-    built = build_models(args)
     gpu = _gpu_present()
+    args.fp16 = args.fp16 or gpu  # the GPU rows run model_fp16.onnx
+    built = build_models(args)
     raw: dict[str, dict[str, list[dict]]] = {m.name: {} for m in built}
     colds: dict[str, list[dict]] = {m.name: [] for m in built}
     plan = [(m, spec) for m in built for spec in selected(m, args.engines, gpu)]
