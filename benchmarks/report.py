@@ -1,0 +1,239 @@
+"""From the workers' raw JSON to the table, the ratios, the correctness checks and the chart."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from benchmarks.engines.base import precision_of
+from benchmarks.models import ModelSet
+
+REFERENCE = "tweetgen-fp32"  # every other row's greedy ids are compared with this one's
+PPL_TOLERANCE = 0.03  # int8 perplexity may exceed fp32's by this fraction
+SHARED_TWEETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets" / "dril" / "dril_tweets.csv"
+PPL_TEXTS = 200  # held-out texts scored
+
+
+def _family(engine: str) -> str:
+    return engine.split("-")[0]
+
+
+def _row(results: list[dict]) -> dict:
+    """One engine's rows over all rounds -> its summary (min of times, max of RSS)."""
+    good = [r for r in results if "load_s" in r and "error" not in r]
+    if not good:
+        first = results[0]
+        return {"status": f"skipped: {first['skipped']}" if "skipped" in first else
+                f"error: {first.get('error', 'no result')}"}
+    row = {"status": "ok", "rounds": len(good), "load_s": min(r["load_s"] for r in good),
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in good), "model_mb": good[0]["model_bytes"] / 1e6}
+    for key in ("short", "long"):
+        if key in good[0]:
+            first = min(t for r in good for t in r[key]["first_token_s"])
+            total = min(t for r in good for t in r[key]["total_s"])
+            n_new = good[0][key]["new_tokens"]
+            row[key] = {"ttft_ms": first * 1e3, "total_s": total, "tok_s": n_new / total,
+                        "decode_ms": (total - first) / max(1, n_new - 1) * 1e3,
+                        "prompt_tokens": good[0][key]["prompt_tokens"]}
+    if "sample5" in good[0]:
+        sample = good[0]["sample5"]
+        total = min(t for r in good for t in r["sample5"]["total_s"])
+        row["sample5"] = {"total_s": total, "tok_s": sample["rows"] * sample["new_tokens"] / total,
+                          "example": sample["example"]}
+    return row
+
+
+def summarize(raw: dict[str, dict[str, list[dict]]], colds: dict[str, list[dict]]) -> dict:
+    summary = {}
+    for model, engines in raw.items():
+        rows = {engine: _row(results) for engine, results in engines.items()}
+        good = [c for c in colds.get(model, []) if "first_tweet_s" in c]
+        cold = ({"first_tweet_s": min(c["first_tweet_s"] for c in good), "exit_s": min(c["exit_s"] for c in good)}
+                if good else {"note": (colds.get(model) or [{"error": "not run"}])[0].get("error", "not run")})
+        summary[model] = {"engines": rows, "cold_start": cold}
+    return summary
+
+
+def _first_diff(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token, None when equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def check_correctness(raw: dict[str, dict[str, list[dict]]]) -> dict:
+    """Greedy ids of every row vs tweetgen-fp32, on both prompts. tweetgen's float variants must be equal; int8
+    rows and the peers are reported (random weights have near-tied logits, where float rounding picks a side)."""
+    out = {}
+    for model, engines in raw.items():
+        reference = next((r for r in engines.get(REFERENCE, []) if "short" in r), None)
+        if reference is None:
+            out[model] = {"note": f"{REFERENCE} did not run: nothing to compare with"}
+            continue
+        checks = {}
+        for engine, results in engines.items():
+            result = next((r for r in results if "short" in r), None)
+            if engine == REFERENCE or result is None:
+                continue
+            diffs = {key: _first_diff(result[key]["greedy_ids"], reference[key]["greedy_ids"])
+                     for key in ("short", "long") if key in result and key in reference}
+            equal = all(d is None for d in diffs.values())
+            precision = precision_of(engine)
+            if equal:
+                verdict = "equal"
+            elif precision != "fp32":
+                verdict = f"differs ({precision})"
+            elif _family(engine) == "tweetgen":
+                verdict = "DIFFERENT: fails the check"  # a float variant the runtime ships must decode as fp32 does
+            else:
+                verdict = "differs (the peer's own float numerics)"
+            checks[engine] = {"precision": precision, "equal": equal, "first_diff": diffs, "verdict": verdict}
+        out[model] = checks
+    return out
+
+
+def _held_out_texts(path: Path | None) -> list[str] | None:
+    if path is not None:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not SHARED_TWEETS.is_file():
+        return None
+    with SHARED_TWEETS.open(encoding="utf-8", newline="") as file:
+        texts = [row["Text"] for row in csv.DictReader(file) if row.get("Text")]
+    return texts[-PPL_TEXTS:]
+
+
+def perplexity_check(models: list[ModelSet], texts_path: Path | None) -> dict:
+    """fp32 vs int8 perplexity on held-out texts, for each model with trained weights (random weights say nothing)."""
+    trained = [m for m in models if m.trained and (Path(m.onnx) / "model_quantized.onnx").is_file()]
+    if not trained:
+        return {"note": "no trained model in this run: add --hf DIR (e.g. SmolLM2-135M) or --model exported/NAME"}
+    texts = _held_out_texts(texts_path)
+    if not texts:
+        return {"note": f"no held-out texts: give --ppl-texts FILE ({SHARED_TWEETS} is absent)"}
+    from trainer.perplexity import perplexity
+
+    out = {}
+    for m in trained:
+        fp32 = perplexity(Path(m.onnx) / "model.onnx", texts).perplexity
+        int8 = perplexity(Path(m.onnx) / "model_quantized.onnx", texts).perplexity
+        relative = int8 / fp32 - 1
+        out[m.name] = {"fp32": fp32, "int8": int8, "relative": relative, "texts": len(texts),
+                       "verdict": "within 3%" if relative <= PPL_TOLERANCE else "OVER 3%"}
+    return out
+
+
+def _tok_s(rows: dict, engine: str, key: str = "short") -> float | None:
+    row = rows.get(engine, {})
+    return row.get(key, {}).get("tok_s") if row.get("status") == "ok" else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def ratios(summary: dict) -> dict:
+    """The issue's targets, as side-by-side ratios (> 1: tweetgen is faster). None where a row is missing."""
+    out = {}
+    for model, data in summary.items():
+        rows = data["engines"]
+        mine = _tok_s(rows, "tweetgen-int8")
+        fp32_peers = {e: _tok_s(rows, e) for e in rows if precision_of(e) == "fp32" and _family(e) != "tweetgen"
+                      and "cuda" not in e and _tok_s(rows, e)}
+        best = max(fp32_peers, key=fp32_peers.get) if fp32_peers else None
+        sample = rows.get("tweetgen-int8", {}).get("sample5", {})
+        out[model] = {
+            "tweetgen-int8 / llamacpp-q8_0": _ratio(mine, _tok_s(rows, "llamacpp-q8_0")),
+            "tweetgen-int8 / optimum-int8": _ratio(mine, _tok_s(rows, "optimum-int8")),
+            "tweetgen-int8 / pytorch-fp32": _ratio(mine, _tok_s(rows, "pytorch-fp32")),
+            f"tweetgen-fp32 / best fp32 peer ({best})": _ratio(_tok_s(rows, "tweetgen-fp32"),
+                                                               fp32_peers.get(best)),
+            "tweetgen-int8 5x64 sampled: total s": sample.get("total_s"),
+            "tweetgen-int8 5x64 sampled: tok/s": sample.get("tok_s"),
+            "tweetgen-run cold start to first tweet: s": data["cold_start"].get("first_tweet_s"),
+            "tweetgen-int8 peak RSS MB": rows.get("tweetgen-int8", {}).get("peak_rss_mb"),
+        }
+        for engine in rows:  # any extra graph the runtime ships (e.g. tweetgen-optimized) against the best peer
+            if _family(engine) == "tweetgen" and engine not in ("tweetgen-fp32", "tweetgen-int8"):
+                out[model][f"{engine} / llamacpp-q8_0"] = _ratio(_tok_s(rows, engine), _tok_s(rows, "llamacpp-q8_0"))
+    return out
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+TABLE_HEAD = ("| engine | load s | TTFT ms | decode ms/tok | tok/s | 200-tok prompt TTFT ms / tok/s "
+              "| 5x64 sampled s / tok/s | peak RSS MB | model MB | install MB | greedy = fp32 |")
+
+
+def print_report(results: dict, out=sys.stdout) -> None:
+    env = results["environment"]
+    print(f"\n{env['processor']}, {env['cpus']} CPUs, {env['threads']} threads; load average "
+          f"{' '.join(f'{x:.2f}' for x in env['load_average_start'])} at the start, "
+          f"{' '.join(f'{x:.2f}' for x in env['load_average_end'])} at the end. "
+          f"{results['settings']['statistic']}.", file=out)
+    installs = results["install_mb"]
+    for model, data in results["summary"].items():
+        correct = results["correctness"].get(model, {})
+        print(f"\n## {model}\n\n{TABLE_HEAD}\n|{'---|' * 11}", file=out)
+        skipped = []
+        for engine, row in data["engines"].items():
+            if row["status"] != "ok":
+                skipped.append(f"- {engine}: {row['status']}")
+                continue
+            short, long, sample = row.get("short", {}), row.get("long", {}), row.get("sample5", {})
+            install = installs.get(_family(engine), {}).get("mb")
+            verdict = "ref" if engine == REFERENCE else correct.get(engine, {}).get("verdict", "-")
+            print(f"| {engine} | {_fmt(row['load_s'], 2)} | {_fmt(short.get('ttft_ms'))} | "
+                  f"{_fmt(short.get('decode_ms'))} | {_fmt(short.get('tok_s'))} | {_fmt(long.get('ttft_ms'))} / "
+                  f"{_fmt(long.get('tok_s'))} | {_fmt(sample.get('total_s'), 2)} / {_fmt(sample.get('tok_s'))} | "
+                  f"{_fmt(row['peak_rss_mb'], 0)} | {_fmt(row['model_mb'], 0)} | {_fmt(install, 0)} | {verdict} |",
+                  file=out)
+        if results["gpu"].startswith("not measured"):
+            print("| GPU: tweetgen CUDA fp16 / PyTorch CUDA | not measured: no GPU here |" + " |" * 9, file=out)
+        if skipped:
+            print("\nnot run:\n" + "\n".join(skipped), file=out)
+        print(f"\ncold start (tweetgen-run, process start to first tweet): {data['cold_start']}", file=out)
+        print("\nratios (> 1: tweetgen faster):", file=out)
+        for name, value in results["ratios"][model].items():
+            print(f"- {name}: {_fmt(value, 2)}", file=out)
+    print(f"\ninstalled size (MB, distributions' files; method in benchmarks/sizes.py): "
+          + ", ".join(f"{k} {v['mb']:.0f}" + (" (lower bound: missing " + ", ".join(v["missing"]) + ")"
+                                                if v["missing"] else "") for k, v in installs.items()), file=out)
+    print(f"int8 perplexity check: {results['perplexity']}", file=out)
+
+
+def write_chart(summary: dict, path: Path) -> Path | None:
+    """Bars per model: batch-1 tok/s, 5x64 sampled tok/s, peak RSS. None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    metrics = [("batch-1 greedy tok/s", lambda r: r.get("short", {}).get("tok_s")),
+               ("5x64 sampled tok/s", lambda r: r.get("sample5", {}).get("tok_s")),
+               ("peak RSS MB", lambda r: r.get("peak_rss_mb"))]
+    models = list(summary)
+    figure, axes = plt.subplots(len(metrics), len(models), figsize=(5.5 * len(models), 3.2 * len(metrics)),
+                                squeeze=False)
+    for column, model in enumerate(models):
+        rows = {e: r for e, r in summary[model]["engines"].items() if r["status"] == "ok"}
+        for line, (title, get) in enumerate(metrics):
+            axis = axes[line][column]
+            names = [e for e in rows if get(rows[e]) is not None]
+            values = [get(rows[e]) for e in names]
+            colors = ["tab:orange" if _family(e) == "tweetgen" else "tab:gray" for e in names]
+            bars = axis.barh(names, values, color=colors)
+            axis.bar_label(bars, fmt="%.0f", fontsize=7)
+            axis.invert_yaxis()
+            axis.set_title(f"{model}: {title}", fontsize=9)
+            axis.tick_params(labelsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+

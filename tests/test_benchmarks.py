@@ -1,0 +1,89 @@
+"""The benchmark harness's machinery on the committed tiny GPT-2, tweetgen engine only. No timing is asserted."""
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks import run
+from benchmarks.engines.base import engine_specs, tweetgen_variants
+from benchmarks.models import ModelSet
+from benchmarks.report import check_correctness
+from benchmarks.sizes import stack_size
+from conftest import TINY_GPT2
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny_with_int8(tmp_path_factory):
+    """The tiny fixture plus an int8 variant and an extra graph, as a runtime that ships three variants would."""
+    from trainer.quantize import quantize_int8
+
+    folder = tmp_path_factory.mktemp("bench") / "tiny_gpt2"
+    shutil.copytree(TINY_GPT2, folder)
+    quantize_int8(folder / "model.onnx", folder / "model_quantized.onnx")
+    shutil.copy(folder / "model.onnx", folder / "model_optimized.onnx")  # stands in for an optimized fp32 graph
+    return folder
+
+
+def test_every_shipped_variant_becomes_a_row(tiny_with_int8):
+    assert tweetgen_variants(tiny_with_int8) == {"fp32": "model.onnx", "int8": "model_quantized.onnx",
+                                                 "optimized": "model_optimized.onnx"}
+    names = [spec.name for spec in engine_specs(ModelSet(name="t", onnx=str(tiny_with_int8)), gpu=False)]
+    assert names[:3] == ["tweetgen-fp32", "tweetgen-int8", "tweetgen-optimized"]
+    assert {"pytorch-fp32", "optimum-int8", "ct2-int8", "llamacpp-q8_0"} <= set(names)
+
+
+def test_one_run_writes_the_json_with_every_column(tiny_with_int8, tmp_path):
+    out = tmp_path / "results"
+    run.main(["--shapes", "--model", str(tiny_with_int8), "--engines", "tweetgen", "llamacpp-q8_0",
+              "--rounds", "1", "--repeats", "1", "--new-tokens", "6", "--long-prompt", "24",
+              "--cache", str(tmp_path / "cache"), "--out", str(out), "--ppl-texts", str(_texts(tmp_path))])
+    (path,) = out.glob("*.json")
+    results = json.loads(path.read_text())
+    rows = results["summary"]["tiny_gpt2"]["engines"]
+    assert set(rows) == {"tweetgen-fp32", "tweetgen-int8", "tweetgen-optimized", "llamacpp-q8_0"}
+    for engine in ("tweetgen-fp32", "tweetgen-int8", "tweetgen-optimized"):
+        row = rows[engine]
+        assert row["status"] == "ok"
+        assert {"load_s", "peak_rss_mb", "model_mb", "short", "long", "sample5"} <= set(row)
+        assert {"ttft_ms", "decode_ms", "tok_s", "total_s"} <= set(row["short"])
+        assert row["long"]["prompt_tokens"] == 24 and row["sample5"]["tok_s"] > 0
+        assert len(results["raw"]["tiny_gpt2"][engine][0]["short"]["greedy_ids"]) == 6
+    # A peer that cannot run here (no GGUF conversion of this folder) is a skipped row with a note, not a crash.
+    assert rows["llamacpp-q8_0"]["status"].startswith("skipped")
+    checks = results["correctness"]["tiny_gpt2"]
+    assert checks["tweetgen-optimized"]["equal"] is True  # the same fp32 graph: must give the same greedy ids
+    assert checks["tweetgen-int8"]["precision"] == "int8" and set(checks["tweetgen-int8"]["first_diff"]) == {
+        "short", "long"}
+    assert results["perplexity"]["tiny_gpt2"]["fp32"] > 1
+    assert "first_tweet_s" in results["summary"]["tiny_gpt2"]["cold_start"]
+    assert results["install_mb"]["tweetgen"]["mb"] < results["install_mb"]["trainer"]["mb"]
+    assert "tweetgen-int8 / llamacpp-q8_0" in results["ratios"]["tiny_gpt2"]
+    assert (out / path.name.replace(".json", ".png")).is_file()
+
+
+def _texts(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("my dream is to fly over the moon\nwe build cars today\nhappy new year everyone\n")
+    return path
+
+
+def test_a_float_variant_that_decodes_differently_fails_and_peers_are_reported():
+    reference = {"short": {"greedy_ids": [1, 2, 3]}, "long": {"greedy_ids": [4, 5]}}
+    other = {"short": {"greedy_ids": [1, 2, 9]}, "long": {"greedy_ids": [4, 5]}}
+    checks = check_correctness({"m": {"tweetgen-fp32": [reference], "tweetgen-optimized": [other],
+                                      "ct2-float32": [other], "ct2-int8": [other], "optimum-fp32": [reference]}})["m"]
+    assert checks["tweetgen-optimized"] == {"precision": "fp32", "equal": False,
+                                            "first_diff": {"short": 2, "long": None},
+                                            "verdict": "DIFFERENT: fails the check"}
+    assert checks["ct2-float32"]["verdict"].startswith("differs (the peer")
+    assert checks["ct2-int8"]["verdict"] == "differs (int8)"
+    assert checks["optimum-fp32"]["verdict"] == "equal"
+
+
+def test_the_runtime_installs_smaller_than_the_trainer():
+    runtime = stack_size(["numpy", "onnxruntime", "tokenizers"])
+    assert {"numpy", "onnxruntime", "tokenizers"} <= set(runtime.distributions)
+    assert "torch" not in runtime.distributions and runtime.bytes > 10_000_000
