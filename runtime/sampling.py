@@ -59,13 +59,12 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     if params.greedy:
         return np.argmax(logits, axis=-1).astype(np.int64)
     batch, vocab = logits.shape
-    scaled = logits.astype(np.float64) / params.temperature
     if 0 < params.top_k < vocab:
-        # (B, k) candidates, in no order, found in linear time; then sorted, k is small.
-        candidates = np.argpartition(-scaled, params.top_k - 1, axis=-1)[:, :params.top_k]
+        # (B, k) candidates in no order, found in linear time on the raw logits (temperature keeps the ranking).
+        candidates = np.argpartition(logits, vocab - params.top_k, axis=-1)[:, vocab - params.top_k:]
     else:
         candidates = np.broadcast_to(np.arange(vocab), (batch, vocab))
-    values = np.take_along_axis(scaled, candidates, axis=-1)
+    values = np.take_along_axis(logits, candidates, axis=-1).astype(np.float64) / params.temperature
     order = np.argsort(-values, axis=-1, kind="stable")
     candidates = np.take_along_axis(candidates, order, axis=-1)
     values = np.take_along_axis(values, order, axis=-1)  # (B, C) most likely first
