@@ -148,3 +148,10 @@ def test_bad_scratch_specs_are_refused(spec, message):
 
     with pytest.raises(TweetgenError, match=message):
         parse_spec(spec)
+
+
+def test_the_last_step_is_evaluated_so_its_weights_are_kept(tmp_path):
+    dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
+    train(dataset, tiny_config(eval_steps=7, max_steps=10), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [7, 10]

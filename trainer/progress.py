@@ -1,4 +1,4 @@
-"""Rich progress display for the training loop (stderr): steps, loss, validation loss and time left."""
+"""Trainer callbacks: the rich progress display (stderr), and an evaluation of the final step."""
 
 from __future__ import annotations
 
@@ -42,3 +42,16 @@ class RichProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate and checkpoint the last step too, so that the best-model choice at the end sees the final weights.
+
+    Without it, a run whose last step is not a multiple of the evaluation interval ends by loading the best
+    earlier checkpoint and drops the training done since.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = control.should_save = True
+        return control

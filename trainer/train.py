@@ -95,10 +95,9 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
                                                     tokenizer.convert_tokens_to_ids(separator), block_size))
               for name in ("train", "validation")}
     real_tokens = sum(map(sum, splits["train"]["attention_mask"]))
-    callbacks = []
-    if console is not None:
-        from .progress import RichProgressCallback
-        callbacks.append(RichProgressCallback(console))
+    from .progress import EvaluateAtEnd, RichProgressCallback
+
+    callbacks = [EvaluateAtEnd()] + ([RichProgressCallback(console)] if console is not None else [])
     trainer = Trainer(model=model, args=_training_arguments(config, checkpoints, len(splits["train"])),
                       train_dataset=splits["train"], eval_dataset=splits["validation"],
                       data_collator=default_data_collator, callbacks=callbacks)
