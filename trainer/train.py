@@ -108,7 +108,9 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(checkpoints))
     wall = time.perf_counter() - started
-    after = _perplexity(trainer.evaluate(), "eval_loss")
+    # The weights now loaded are the best checkpoint's, whose validation loss the run already measured.
+    best = trainer.state.best_metric
+    after = _perplexity({"eval_loss": best} if best is not None else trainer.evaluate(), "eval_loss")
     epochs = float(trainer.state.epoch or 0)
     trained = int(real_tokens * epochs)
     result = TrainResult(
