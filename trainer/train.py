@@ -12,11 +12,13 @@ Layout of a run folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,7 +81,9 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
         BaseModelError: the base model cannot be loaded or is not a causal LM.
     """
     import datasets
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, default_data_collator
+
+    with contextlib.redirect_stdout(sys.stderr):  # importing Trainer prints a line when WANDB_MODE=offline
+        from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, default_data_collator
 
     run_dir = Path(run_dir)
     _check_data(dataset, config)
