@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--name", help="the model's name (default: the folder's name)")
     _add_export_args(export_parser)
     export_parser.add_argument("--json", action="store_true", help="print the export report as JSON on stdout")
+    export_parser.add_argument("--report-to", default="none", metavar="TRACKER",
+                               help="wandb: log the exported folder as a W&B model artifact (pip install wandb)")
     export_parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     eval_parser = stages.add_parser("eval", help="measure a model folder on the work folder's held-out tweets: "
                                                  "perplexity, voice, memorization, diversity (eval.json, card)")
@@ -214,14 +216,15 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_train(args: argparse.Namespace, console) -> dict[str, Any]:
+def run_train(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Clean the SOURCES if any were given, then fine-tune; returns the training summary."""
     from trainer.config import config_from_args
     from trainer.pipeline import train_stage
 
     if args.sources:
         run_clean(args)
-    result = train_stage(args.workdir, args.model_name, config_from_args(args), resume=args.resume, console=console)
+    result = train_stage(args.workdir, args.model_name, config_from_args(args), resume=args.resume, console=console,
+                         tracker=tracker)
     if not _is_first_process():  # under torchrun every process trains; the first one speaks
         return {}
     console.print(f"perplexity on held-out tweets: {result.perplexity_before:.1f} before, "
@@ -230,7 +233,7 @@ def run_train(args: argparse.Namespace, console) -> dict[str, Any]:
     return {"train": result.to_json()}
 
 
-def run_export(args: argparse.Namespace, console) -> dict[str, Any]:
+def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Export a trained run of the work folder, or any Hugging Face causal-LM folder (--model)."""
     from trainer.export import export_folder_info, export_model
     from trainer.pipeline import export_stage
@@ -247,11 +250,12 @@ def run_export(args: argparse.Namespace, console) -> dict[str, Any]:
                 raise TweetgenError("export: give --model DIR (any Hugging Face causal-LM folder), or --workdir DIR "
                                     "and --name NAME of a trained run")
             report = export_stage(args.workdir, name, args.out or Path("exported") / name, int8=int8, fp16=fp16)
+    tracker.log_model(report.out_dir, kind="onnx", metadata=report.to_json())
     console.print(f"exported to {report.out_dir}; try: tweetgen-run -m {report.out_dir} \"My dream is\"")
     return {"export": report.to_json()}
 
 
-def run_eval(args: argparse.Namespace, console) -> dict[str, Any]:
+def run_eval(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Evaluate the model folder (--model, or the one the pipeline just exported); eval.json and the card."""
     from trainer.eval_card import eval_table
     from trainer.evaluate import evaluate_folder
@@ -265,6 +269,7 @@ def run_eval(args: argparse.Namespace, console) -> dict[str, Any]:
         raise TweetgenError(f"eval: --samples must be 1 or more and --seed 0 or more, not {samples} and {seed}")
     with console.status(f"Evaluating {folder}: {samples} tweets, perplexity, voice, memorization..."):
         report = evaluate_folder(folder, args.workdir, name=name, samples=samples, seed=seed).to_json()
+    tracker.log_eval(report)
     console.print(eval_table(report))
     console.print(f"targets: {report['targets']}; written to {Path(folder) / 'eval.json'} and its README.md")
     return {"eval": report}
@@ -318,23 +323,41 @@ def _run_stage(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     summary: dict[str, Any] = {}
-    if args.stage == "fetch":
-        run_fetch(args)
-    elif args.stage == "clean":
-        run_clean(args)
-    elif args.stage == "export":
-        summary = run_export(args, console)
-    elif args.stage == "eval":
-        summary = run_eval(args, console)
-    else:
-        summary = run_train(args, console)
-        if args.stage == "run" and _is_first_process():
-            summary.update(run_export(args, console))
-            if not args.no_eval:
-                summary.update(run_eval(args, console))
+    with _start_tracker(args) as tracker:
+        if args.stage == "fetch":
+            run_fetch(args)
+        elif args.stage == "clean":
+            run_clean(args)
+        elif args.stage == "export":
+            summary = run_export(args, console, tracker)
+        elif args.stage == "eval":
+            summary = run_eval(args, console, tracker)
+        else:
+            summary = run_train(args, console, tracker)
+            if args.stage == "run" and _is_first_process():
+                summary.update(run_export(args, console, tracker))
+                if not args.no_eval:
+                    summary.update(run_eval(args, console, tracker))
     if getattr(args, "json", False) and summary:
         print(json.dumps(summary["eval"] if args.stage == "eval" else summary))
     return 0
+
+
+def _start_tracker(args: argparse.Namespace):
+    """The experiment tracker of --report-to (train, run, export); it does nothing for the other stages."""
+    from dataclasses import asdict
+
+    from trainer.config import config_from_args
+    from trainer.tracking import Tracker
+
+    if args.stage in ("train", "run"):
+        config = config_from_args(args)
+        return Tracker.start(config.report_to, name=args.model_name, config=asdict(config))
+    if args.stage == "export":
+        name = args.name or (args.model.resolve().name if args.model else "export")
+        config = {"model": str(args.model or ""), "int8": not args.no_int8, "fp16": not args.no_fp16}
+        return Tracker.start(args.report_to, name=name, config=config, job_type="tweetgen-export")
+    return Tracker()
 
 
 def _is_first_process() -> bool:

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import TweetgenError
+
+REPORT_TARGETS = ("wandb", "tensorboard")  # what report_to may name besides "none"
+
 
 def _knob(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -34,7 +38,9 @@ class TrainConfig:
     precision: str = _knob("auto", "fp32, bf16 or fp16 training; auto: bf16/fp16 on a GPU that has it, fp32 on CPU",
                            choices=("auto", "fp32", "bf16", "fp16"))
     checkpoints_kept: int = _knob(2, "checkpoints kept on disk for --resume")
-    report_to: str = _knob("none", "experiment tracking: none, wandb or tensorboard (comma-separated)")
+    report_to: str = _knob("none", "experiment tracking: none, wandb or tensorboard (comma-separated); wandb also "
+                                   "logs the raw tweets, the training set and the model as artifacts "
+                                   "(pip install wandb)")
     tag_users: bool | None = _knob(None, "start each tweet with its user's tag so one voice can be asked for "
                                          "(default: when there are several users)")
     balance: str = _knob("upsample", "even out the users' shares of the training tweets: upsample, cap or none",
@@ -43,6 +49,16 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
+
+
+def report_targets(value: str) -> list[str]:
+    """The trackers a report_to value names ("none" or empty: none), each checked against REPORT_TARGETS."""
+    names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    unknown = sorted(set(names) - set(REPORT_TARGETS))
+    if unknown:
+        raise TweetgenError(f"report_to {value!r}: {', '.join(unknown)} unknown; allowed are none, "
+                            f"{', '.join(REPORT_TARGETS)} (comma-separated)")
+    return names
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:

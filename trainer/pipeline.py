@@ -49,13 +49,19 @@ def make_dataset(workdir: Path, config: TrainConfig):
     return build_dataset(texts, options)
 
 
-def train_stage(workdir: Path, name: str, config: TrainConfig, *, resume: bool = False, console=None):
-    """Fine-tune on the work folder's cleaned tweets; returns the TrainResult."""
+def train_stage(workdir: Path, name: str, config: TrainConfig, *, resume: bool = False, console=None, tracker=None):
+    """Fine-tune on the work folder's cleaned tweets, logging data and model to `tracker`; returns the TrainResult."""
     from .train import train
 
     dataset = make_dataset(workdir, config)
     log.info("training set: %d tweets, validation: %d", len(dataset["train"]), len(dataset["validation"]))
-    return train(dataset, config, run_dir(workdir, name), resume=resume, console=console)
+    if tracker is not None:  # what the run trains on, logged before the Trainer starts
+        tracker.log_raw(workdir, cleaned_users(workdir))
+        tracker.log_dataset(workdir, dataset)
+    result = train(dataset, config, run_dir(workdir, name), resume=resume, console=console)
+    if tracker is not None:
+        tracker.log_model(result.model_dir, metadata=result.to_json())
+    return result
 
 
 def export_info(workdir: Path, name: str):

@@ -12,11 +12,13 @@ Layout of a run folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 from runtime.errors import TweetgenError
 
 from .base import load_base, separator_token
-from .config import TrainConfig
+from .config import TrainConfig, report_targets
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
         BaseModelError: the base model cannot be loaded or is not a causal LM.
     """
     import datasets
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, default_data_collator
+
+    with contextlib.redirect_stdout(sys.stderr):  # importing Trainer prints a line when WANDB_MODE=offline
+        from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, default_data_collator
 
     run_dir = Path(run_dir)
     _check_data(dataset, config)
@@ -173,16 +177,9 @@ def _training_arguments(config: TrainConfig, output_dir: Path, train_blocks: int
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_strategy="steps", logging_steps=max(1, min(50, steps_per_epoch // 10)), logging_first_step=True,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda,
-        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None, report_to=_report_to(config.report_to), disable_tqdm=True,
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        report_to=report_targets(config.report_to), disable_tqdm=True,
         dataloader_num_workers=0, save_safetensors=True)
-
-
-def _report_to(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
-    allowed = {"wandb", "tensorboard"}
-    if set(names) - allowed:
-        raise TrainError(f"report_to {value!r}: allowed are none, wandb, tensorboard")
-    return names
 
 
 def _perplexity(metrics: dict[str, float], key: str) -> float:
