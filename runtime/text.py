@@ -26,8 +26,10 @@ def cut_to_limit(text: str, max_chars: int | None) -> str:
 class TweetText:
     """The text of one sample, built from its tokens."""
 
-    def __init__(self, tokenizer: Tokenizer, *, max_chars: int | None, stop_at_newline: bool) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, max_chars: int | None, stop_at_newline: bool,
+                 skip_spaces: int = 0) -> None:
         self._tokenizer = tokenizer
+        self._skip_spaces = skip_spaces  # leading spaces to drop: the prompt already ended with them
         self._max_chars = max_chars
         self._stop_at_newline = stop_at_newline
         self._ids: list[int] = []
@@ -40,6 +42,8 @@ class TweetText:
         self._ids.append(token)
         # Decoding all ids again keeps multi-token characters right; a tweet is under a hundred tokens.
         self._text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        if self._skip_spaces:
+            self._text = self._text[min(self._skip_spaces, len(self._text) - len(self._text.lstrip(" "))):]
         if self._stop_at_newline and "\n" in self._text:
             self.done = True
         elif self._max_chars is not None and len(self._text.rstrip(_REPLACEMENT)) > self._max_chars:

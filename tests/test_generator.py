@@ -82,3 +82,15 @@ def test_threads_option_and_device_validation():
         Generator.load(TINY_GPT2, device="tpu")
     with pytest.raises(ValueError, match="threads"):
         Generator.load(TINY_GPT2, threads=0)
+
+
+def test_trailing_spaces_are_not_shown_to_the_model_and_not_doubled(gpt2):
+    assert gpt2.encode_prompt("My dream is ") == gpt2.encode_prompt("My dream is")
+    assert gpt2.tokenizer.decode(gpt2.encode_prompt("", user="bob"), skip_special_tokens=False) == \
+        "<|endoftext|>@bob:"
+    for seed in range(6):
+        spaced = gpt2.generate("My dream is ", seed=seed, temperature=0.7)[0]
+        plain = gpt2.generate("My dream is", seed=seed, temperature=0.7)[0]
+        assert plain.startswith(" ") is False or spaced == plain[1:]
+        assert "".join(gpt2.stream("My dream is ", seed=seed, temperature=0.7)) == spaced
+        assert not gpt2.generate("", seed=seed, user="alice")[0].startswith(" ")

@@ -56,10 +56,16 @@ def _intro(name: str, users: dict[str, Any], base_model: str) -> str:
                 "model trained outside tweetgen.\n\n**The text it generates is not written by any real person.** It "
                 "is made up by a language model and must not be presented as someone's words.")
     return (f"# {name}\n\n"
-            f"A text generator that writes tweets in the style of {_handles(users)}: `{base_model}` fine-tuned on "
+            f"A text generator that writes tweets in the style of {_handles(users)}: {_origin(base_model)} on "
             "their tweets with tweetgen and exported to ONNX.\n\n"
             f"**The text it generates is not written by {_handles(users)}.** It is made up by a language model "
             "and must not be presented as their words.")
+
+
+def _origin(base_model: str) -> str:
+    if base_model.startswith("scratch:"):
+        return "a new GPT-2 (random weights, a byte-level BPE tokenizer trained on the same tweets) trained from scratch"
+    return f"`{base_model}` fine-tuned"
 
 
 def _data_section(users: dict[str, dict[str, Any]]) -> str:
@@ -80,8 +86,9 @@ def _data_section(users: dict[str, dict[str, Any]]) -> str:
 
 
 def _training_section(base_model: str, training: dict[str, Any], evaluation: dict[str, Any]) -> str:
-    lines = ["## Training procedure", "", f"Base model: `{base_model}`, fine-tuned as a causal language model on "
-             "the kept tweets, each followed by `<|endoftext|>`." if training else f"Model: `{base_model}`."]
+    lines = ["## Training procedure", "", f"Base model: `{base_model}`: {_origin(base_model)}, as a causal "
+             "language model on the kept tweets, each followed by `<|endoftext|>`." if training
+             else f"Model: `{base_model}`."]
     if training:
         lines += ["", "| hyperparameter | value |", "|---|---|"]
         lines += [f"| {_cell(key)} | {_cell(_value(value))} |" for key, value in training.items()]
