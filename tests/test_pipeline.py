@@ -46,7 +46,7 @@ def cyborg(tmp_path_factory):
 def test_the_exported_folder_has_every_file_and_two_voices(cyborg):
     _, out = cyborg
     for name in ("model.onnx", "model_quantized.onnx", "model_fp16.onnx", "tokenizer.json", "config.json",
-                 "generation_config.json", "tweetgen.json", "README.md"):
+                 "generation_config.json", "tweetgen.json", "README.md", "loss.png"):
         assert (out / name).is_file(), name
     generator = Generator.load(out)
     assert generator.users == ["alice", "bob"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -98,5 +99,9 @@ def export_stage(workdir: Path, name: str, out: Path, *, int8: bool = True, fp16
     from .export import export_model
 
     model_dir = run_dir(workdir, name) / "model"
-    return export_model(model_dir, out, info=export_info(workdir, name), eval_texts=validation_texts(workdir, name),
-                        int8=int8, fp16=fp16)
+    report = export_model(model_dir, out, info=export_info(workdir, name), eval_texts=validation_texts(workdir, name),
+                          int8=int8, fp16=fp16)
+    curve = run_dir(workdir, name) / "loss.png"
+    if curve.is_file():  # the training loss curve, beside the model card
+        shutil.copy2(curve, Path(out) / "loss.png")
+    return report
