@@ -85,7 +85,8 @@ def test_int8_variant_is_quantized_and_generates(exported, arch):
     model = onnx.load(str(out / "model_quantized.onnx"))
     ops = [node.op_type for node in model.graph.node]
     weights = {init.name for init in model.graph.initializer}
-    assert ops.count("MatMulNBits") == report.int8_linear_layers > 0
+    assert ops.count("MatMulNBits") + ops.count("MatMulInteger") == report.int8_linear_layers > 0
+    assert ("MatMulNBits" if report.int8_method == "blockwise" else "MatMulInteger") in ops
     assert "DequantizeLinear" in ops  # the int8 embedding table
     assert "Gemm" not in ops
     assert not [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
@@ -297,3 +298,23 @@ def test_swap_into_place_leaves_the_old_folder_at_the_temp_path(tmp_path, monkey
     swap.swap_into_place(new, out)
     assert (out / "which").read_text() == "new" and (new / "which").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "new"]
+
+
+@pytest.mark.parametrize("method, op", [("blockwise", "MatMulNBits"), ("per_tensor", "MatMulInteger")])
+def test_both_int8_kinds_quantize_every_linear_layer(exported, tmp_path, method, op):
+    from trainer.quantize import quantize_int8
+
+    out, _ = exported["gpt2"]
+    count = quantize_int8(out / "model.onnx", tmp_path / "q.onnx", method=method)
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    assert ops.count(op) == count == 9  # 2 layers x 4 linear layers + the output layer
+    with pytest.raises(ValueError, match="int8 method must be one of blockwise, per_tensor"):
+        quantize_int8(out / "model.onnx", tmp_path / "q.onnx", method="int4")
+
+
+@pytest.mark.parametrize("tolerance, kept, warned", [(10.0, "per_tensor", False), (-1.0, "blockwise", True)])
+def test_the_export_keeps_per_tensor_int8_only_within_tolerance(tmp_path, monkeypatch, tolerance, kept, warned):
+    monkeypatch.setattr(export_module, "INT8_TOLERANCE", tolerance)
+    report = export_model(FIXTURES / "tiny_gpt2_hf", tmp_path / "out", info=export_folder_info(
+        FIXTURES / "tiny_gpt2_hf", "t"), eval_texts=["rockets launch today", "the moon and mars"], fp16=False)
+    assert report.int8_method == kept and bool(report.warnings) == warned

@@ -16,6 +16,7 @@ class ExportReport:
     parity_prompts: int  # prompts whose greedy ids were compared with PyTorch's (all equal, or export fails)
     max_logit_diff: float  # max |logit| difference, ONNX fp32 vs PyTorch, on one prompt
     int8_linear_layers: int | None = None  # quantized linear layers in model_quantized.onnx; None: no int8
+    int8_method: str = "blockwise"  # the kind of int8 kept (trainer.quantize.INT8_METHODS)
     perplexity_fp32: float | None = None  # on eval_texts; None when none were given
     perplexity_int8: float | None = None
     eval_tokens: int | None = None  # tokens scored for the perplexities
@@ -34,7 +35,8 @@ class ExportReport:
         """The report as written into tweetgen.json ("export") and read by the model card."""
         int8 = None
         if self.int8_linear_layers is not None:
-            int8 = {"linear_layers": self.int8_linear_layers, "perplexity_fp32": self.perplexity_fp32,
+            int8 = {"linear_layers": self.int8_linear_layers, "method": self.int8_method,
+                    "perplexity_fp32": self.perplexity_fp32,
                     "perplexity_int8": self.perplexity_int8, "relative_diff": self.int8_relative_diff,
                     "tokens": self.eval_tokens}
         return {"files": dict(self.files), "greedy_parity": {"prompts": self.parity_prompts, "equal": True},
