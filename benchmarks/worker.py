@@ -89,8 +89,9 @@ def measure(engine_name: str, models: ModelSet, scenario: str, *, threads: int, 
 
 
 def _context_length(models: ModelSet) -> int:
-    config = json.loads((Path(models.onnx) / "config.json").read_text(encoding="utf-8"))
-    return next((config[k] for k in ("n_positions", "max_position_embeddings", "n_ctx") if k in config), 1024)
+    from runtime import read_folder
+
+    return read_folder(models.onnx).context_length
 
 
 def _prompt_start(models: ModelSet) -> str:

@@ -82,23 +82,21 @@ class Generator:
 
         Trailing spaces are left out: byte-level BPE attaches a space to the word after it, so a prompt that ends
         in a space (or an empty prompt after "@user: ") would show the model a lone space it never saw in training.
-        The continuation brings the space back, and the text layer drops it again (see `_held_spaces`).
+        The continuation brings the space back, and the text layer drops it again.
         """
-        return self.tokenizer.encode(self._prompt_text(prompt, user).rstrip(" ")).ids
+        return self._encode(prompt, user)[0]
 
-    def _prompt_text(self, prompt: str, user: str | None) -> str:
+    def _encode(self, prompt: str, user: str | None) -> tuple[list[int], int]:
+        """(ids, trailing spaces left out of them)."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
         if user is not None and user not in self.folder.users:
             known = ", ".join(self.users) or "none: this model has a single voice"
             raise ValueError(f"unknown user {user!r}; this model knows: {known}")
         prefix = self.folder.users.get(user, "") if user is not None else ""
-        return self.folder.prompt_start + prefix + prompt
-
-    def _held_spaces(self, prompt: str, user: str | None) -> int:
-        """Spaces at the end of the prompt text that encode_prompt left out."""
-        text = self._prompt_text(prompt, user)
-        return len(text) - len(text.rstrip(" "))
+        text = self.folder.prompt_start + prefix + prompt
+        body = text.rstrip(" ")
+        return self.tokenizer.encode(body).ids, len(text) - len(body)
 
     def generate(self, prompt: str, n: int = 1, *, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -164,11 +162,10 @@ class Generator:
             raise ValueError(f"max_chars must be an integer >= 1 or None (no limit), not {max_chars!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ValueError(f"seed must be an integer >= 0 or None, not {seed!r}")
-        ids = self.encode_prompt(prompt, user)
+        ids, held = self._encode(prompt, user)
         max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"n must be an integer from 1 to {MAX_SAMPLES}, not {n!r}")
-        held = self._held_spaces(prompt, user)
         texts = [TweetText(self.tokenizer, max_chars=max_chars, stop_at_newline=stop_at_newline, skip_spaces=held)
                  for _ in range(n)]
         done = np.zeros(n, dtype=bool)
