@@ -4,7 +4,9 @@
 
 For each model, a folder `<cache>/<name>/` holds:
   hf/              the PyTorch folder (config.json, model.safetensors, tokenizer): transformers, CTranslate2, GGUF
-  onnx/            tweetgen's export of it (model.onnx, model_quantized.onnx, ...): tweetgen runtime, Optimum
+  onnx/            tweetgen's export of it (model.onnx, model_quantized.onnx, ...): tweetgen runtime
+  onnx-optimum/    the same export with Optimum's own graph (GPT-2 only: tweetgen's is rebuilt with fused
+                   operators that ORTModelForCausalLM cannot drive): the Optimum rows
   ct2-float32/, ct2-int8/                  CTranslate2 conversions (when ctranslate2 is installed)
   gguf/model-f32.gguf, gguf/model-q8_0.gguf  llama.cpp conversions (when llama-cpp-python is installed)
   bench_model.json the manifest the workers read: which of these exist, and why a missing one is missing.
@@ -44,6 +46,7 @@ class ModelSet:
 
     name: str
     onnx: str  # tweetgen export folder
+    optimum_onnx: str | None = None  # export with Optimum's graph, when tweetgen's is not (None: `onnx` is)
     hf: str | None = None  # PyTorch folder
     ct2: dict[str, str] = field(default_factory=dict)  # quantization -> CTranslate2 folder
     gguf: dict[str, str] = field(default_factory=dict)  # type -> .gguf file
@@ -78,15 +81,15 @@ def build_from_hf(hf: Path, cache: Path, *, name: str, fp16: bool = False, train
     for every installed peer engine."""
     root = cache / name
     root.mkdir(parents=True, exist_ok=True)
+    optimum_onnx = None
     if onnx is None:
         onnx = root / "onnx"
-        if not (onnx / "model_quantized.onnx").is_file():
-            _export(hf, onnx, name, fp16)
-        elif fp16 and not (onnx / "model_fp16.onnx").is_file():  # built before without it
-            from trainer.quantize import convert_fp16
-
-            convert_fp16(onnx / "model.onnx", onnx / "model_fp16.onnx")
-    models = ModelSet(name=name, onnx=str(onnx), hf=str(hf), trained=trained)
+        _ensure_export(hf, onnx, name, fp16, fuse=True)
+        if export_graph(onnx) != "optimum":
+            optimum_onnx = root / "onnx-optimum"
+            _ensure_export(hf, optimum_onnx, name, False, fuse=False)
+    models = ModelSet(name=name, onnx=str(onnx), optimum_onnx=str(optimum_onnx) if optimum_onnx else None, hf=str(hf),
+                      trained=trained)
     _add_ct2(models, hf, root)
     _add_gguf(models, hf, root, cache)
     models.save(manifest_path(cache, name))
@@ -97,9 +100,10 @@ def from_export(folder: Path, cache: Path, *, name: str | None = None) -> ModelS
     """An existing exported folder (e.g. the default model): the ONNX rows only (tweetgen, Optimum), since the
     peers need its PyTorch folder; give that with --hf to get every row on the same weights."""
     name = name or folder.resolve().name
-    models = ModelSet(name=name, onnx=str(folder), trained=True,
-                      notes=["an exported folder without its PyTorch source: PyTorch, CTranslate2 and llama.cpp "
-                             "rows need --hf"])
+    notes = ["an exported folder without its PyTorch source: PyTorch, CTranslate2 and llama.cpp rows need --hf"]
+    if export_graph(folder) == "fused":
+        notes.append("its graph is tweetgen's fused GPT-2, which Optimum cannot drive: the Optimum rows need --hf")
+    models = ModelSet(name=name, onnx=str(folder), trained=True, notes=notes)
     (cache / name).mkdir(parents=True, exist_ok=True)
     models.save(manifest_path(cache, name))
     return models
@@ -131,11 +135,36 @@ def _random_gpt2(dest: Path, overrides: dict, seed: int) -> None:
     tmp.rename(dest)
 
 
-def _export(hf: Path, out: Path, name: str, fp16: bool) -> None:
+def export_graph(onnx: Path) -> str:
+    """"fused" or "optimum": which graph an export folder holds (folders from before the fused graph: "optimum")."""
+    try:
+        info = json.loads((onnx / "tweetgen.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "optimum"
+    return (info.get("export") or {}).get("graph", "optimum")
+
+
+def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
+    """Export unless `out` holds this kind of export already (a cached GPT-2 export of the other graph is redone)."""
+    from trainer.fuse import can_fuse
+
+    config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
+    wanted = "fused" if fuse and can_fuse(config) else "optimum"
+    if not (out / "model_quantized.onnx").is_file() or export_graph(out) != wanted:
+        _export(hf, out, name, fp16, fuse)
+    elif fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
+        from trainer.quantize import convert_fp16
+
+        convert_fp16(out / "model.onnx", out / "model_fp16.onnx")
+
+
+def _export(hf: Path, out: Path, name: str, fp16: bool, fuse: bool) -> None:
     from trainer.export import export_folder_info, export_model
 
-    print(f"[models] exporting {hf} -> {out} (tweetgen export, int8{' + fp16' if fp16 else ''})", file=sys.stderr)
-    export_model(hf, out, info=export_folder_info(hf, name), int8=True, fp16=fp16)
+    graph = "fused" if fuse else "Optimum's"
+    print(f"[models] exporting {hf} -> {out} (tweetgen export, {graph} graph, int8{' + fp16' if fp16 else ''})",
+          file=sys.stderr)
+    export_model(hf, out, info=export_folder_info(hf, name), int8=True, fp16=fp16, fuse=fuse)
 
 
 def _add_ct2(models: ModelSet, hf: Path, root: Path) -> None:

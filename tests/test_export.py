@@ -70,6 +70,7 @@ def test_export_replaces_the_old_folder_and_decodes_like_pytorch(exported, arch)
     out, report = exported[arch]
     assert not (out / "marker.txt").exists() and leftovers(out) == []
     assert report.parity_prompts == 3 and report.max_logit_diff < 1e-4
+    assert report.graph == {"gpt2": "fused", "llama": "optimum"}[arch]  # trainer.fuse rebuilds GPT-2 only
     info = json.loads((out / "tweetgen.json").read_text())
     assert info["format"] == 1 and info["name"] == "tiny" and info["export"]["greedy_parity"]["equal"]
     assert info["versions"]["onnxruntime"] and info["users"]["alice"]["prefix"] == "@alice: "

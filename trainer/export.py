@@ -20,7 +20,8 @@ from typing import Any
 from runtime.errors import TweetgenError
 from trainer import swap
 from trainer.card import render_card
-from trainer.quantize import convert_fp16, quantize_int8
+from trainer.fuse import can_fuse, fused_gpt2, weights_of_folder
+from trainer.quantize import convert_fp16, is_large, quantize_int8, save_onnx
 from trainer.report import ExportReport
 
 __all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "export_folder_info", "export_model"]
@@ -94,7 +95,7 @@ def export_folder_info(model_dir: str | Path, name: str) -> ExportInfo:
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo, eval_texts: list[str] | None = None,
-                 int8: bool = True, fp16: bool = True, max_new_tokens: int = 16,
+                 int8: bool = True, fp16: bool = True, fuse: bool = True, max_new_tokens: int = 16,
                  progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export a Hugging Face causal LM folder to a tweetgen model folder, check it, and move it into place.
 
@@ -104,6 +105,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         info: names, users, prompt start, training details and sampling defaults to record.
         eval_texts: held-out texts (tweets) on which fp32 and int8 perplexities are compared; None skips it.
         int8, fp16: write model_quantized.onnx (CPU) and model_fp16.onnx (CUDA).
+        fuse: rebuild a GPT-2 graph with onnxruntime's fused operators (trainer.fuse; checked against PyTorch like
+            Optimum's); other architectures keep Optimum's graph. False keeps Optimum's graph for GPT-2 too.
         max_new_tokens: tokens decoded greedily per prompt in the parity check.
         progress: called with a short description as each step starts.
 
@@ -123,7 +126,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
     tmp = None
     try:
         tmp = swap.make_temp(out_dir)
-        report = _build(model_dir, config, tmp, info, eval_texts, int8, fp16, max_new_tokens, progress or _log_step)
+        report = _build(model_dir, config, tmp, info, eval_texts, int8, fp16, fuse, max_new_tokens,
+                        progress or _log_step)
         report = _finish(tmp, info, report, out_dir, time.perf_counter() - started)
         swap.swap_into_place(tmp, out_dir)
     except OSError as exc:
@@ -149,20 +153,27 @@ def _check_destination(out_dir: Path, *, source: Path) -> None:
 
 
 def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: list[str] | None, int8: bool,
-           fp16: bool, max_new_tokens: int, progress: Callable[[str], None]) -> ExportReport:
-    from trainer.parity import check_parity, max_logit_diff
+           fp16: bool, fuse: bool, max_new_tokens: int, progress: Callable[[str], None]) -> ExportReport:
+    from trainer.parity import max_logit_diff
 
     progress("exporting to ONNX with Optimum")
     _optimum_export(model_dir, tmp)
     _write_folder_info(model_dir, config, tmp, info)
     progress("checking ONNX against PyTorch")
-    parity = check_parity(model_dir, tmp, max_new_tokens=max_new_tokens)
-    if not parity.equal:
-        bad = parity.mismatches[0]
-        raise ExportError(f"the ONNX export of {model_dir} decodes differently from PyTorch: prompt {bad.prompt_ids} "
-                          f"gave {bad.onnx_ids} with ONNX and {bad.torch_ids} with PyTorch "
-                          f"(max logit difference {parity.max_logit_diff:.3g}); the previous model folder is unchanged")
-    report = ExportReport(out_dir=tmp, files={}, parity_prompts=parity.prompts, max_logit_diff=parity.max_logit_diff)
+    parity = _check_parity(model_dir, tmp, max_new_tokens, "the ONNX export")
+    graph = "optimum"
+    if fuse and can_fuse(config.to_dict()):
+        progress("rebuilding the GPT-2 graph with fused operators")
+        optimum_graph = tmp / "model.onnx"
+        large = is_large(optimum_graph)
+        for path in tmp.glob("model.onnx*"):  # the graph and any external data file beside it
+            path.unlink()
+        save_onnx(fused_gpt2(weights_of_folder(model_dir), config.to_dict(), str(model_dir)), optimum_graph, large)
+        progress("checking the fused graph against PyTorch")
+        parity = _check_parity(model_dir, tmp, max_new_tokens, "the fused GPT-2 graph")
+        graph = "fused"
+    report = ExportReport(out_dir=tmp, files={}, parity_prompts=parity.prompts, max_logit_diff=parity.max_logit_diff,
+                          graph=graph)
     if int8:
         progress("quantizing to int8")
         report = _add_int8(tmp, report, eval_texts)
@@ -171,6 +182,18 @@ def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: lis
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
         report = _check_fp16_on_cpu(tmp, report, max_logit_diff)
     return report
+
+
+def _check_parity(model_dir: Path, tmp: Path, max_new_tokens: int, what: str):
+    from trainer.parity import check_parity
+
+    parity = check_parity(model_dir, tmp, max_new_tokens=max_new_tokens)
+    if not parity.equal:
+        bad = parity.mismatches[0]
+        raise ExportError(f"{what} of {model_dir} decodes differently from PyTorch: prompt {bad.prompt_ids} "
+                          f"gave {bad.onnx_ids} with ONNX and {bad.torch_ids} with PyTorch "
+                          f"(max logit difference {parity.max_logit_diff:.3g}); the previous model folder is unchanged")
+    return parity
 
 
 def _optimum_export(model_dir: Path, tmp: Path) -> None:

@@ -53,18 +53,20 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
         raise ValueError(f"int8 method must be one of {', '.join(INT8_METHODS)}, not {method!r}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model = onnx.load(str(fp32_path))
-    large = _is_large(fp32_path)
+    large = is_large(fp32_path)
     gemms, transposes = prepare_for_quantization(model)
     log.info("int8: rewrote %d Gemm as MatMul + Add, folded %d constant Transpose", gemms, transposes)
     if method == "blockwise":
         model = _blockwise_linear_layers(model, block_size)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
-        _save(model, prepared, large)
+        save_onnx(model, prepared, large)
         del model
         op_types = ["Gather"] if method == "blockwise" else ["MatMul", "Gather"]
         quantize_dynamic(prepared, out_path, op_types_to_quantize=op_types, per_channel=False,
-                         weight_type=QuantType.QInt8, use_external_data_format=large)
+                         weight_type=QuantType.QInt8, use_external_data_format=large,
+                         # shape inference cannot type the outputs of onnxruntime's fused ops (trainer.fuse)
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     counts = count_ops(onnx.load(str(out_path), load_external_data=False))
     layers = counts.get("MatMulNBits", 0) + counts.get("MatMulInteger", 0)
     log.info("int8 (%s): %d quantized linear layers, %d MatMul and %d Gemm left in fp32", method, layers,
@@ -92,10 +94,10 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> None:
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model = onnx.load(str(fp32_path))
-    large = _is_large(fp32_path)
+    large = is_large(fp32_path)
     # The converter runs onnx shape inference, which cannot take a proto over 2 GB: skip it then.
     model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=large)
-    _save(model, out_path, large)
+    save_onnx(model, out_path, large)
 
 
 def prepare_for_quantization(model: onnx.ModelProto) -> tuple[int, int]:
@@ -167,14 +169,14 @@ def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
     graph.node.extend(nodes)
 
 
-def _is_large(fp32_path: Path) -> bool:
+def is_large(fp32_path: Path) -> bool:
     """True when the model and its external data together pass the protobuf limit."""
     size = fp32_path.stat().st_size
     size += sum(p.stat().st_size for p in fp32_path.parent.glob(f"{fp32_path.name}*data"))
     return size > PROTOBUF_LIMIT
 
 
-def _save(model: onnx.ModelProto, path: Path, large: bool) -> None:
+def save_onnx(model: onnx.ModelProto, path: Path, large: bool) -> None:
     if large:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{path.name}.data", size_threshold=1024)

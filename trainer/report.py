@@ -15,6 +15,7 @@ class ExportReport:
     files: dict[str, int]  # ONNX file -> bytes
     parity_prompts: int  # prompts whose greedy ids were compared with PyTorch's (all equal, or export fails)
     max_logit_diff: float  # max |logit| difference, ONNX fp32 vs PyTorch, on one prompt
+    graph: str = "optimum"  # "fused": GPT-2 rebuilt with onnxruntime's fused operators (trainer.fuse); "optimum"
     int8_linear_layers: int | None = None  # quantized linear layers in model_quantized.onnx; None: no int8
     int8_method: str = "blockwise"  # the kind of int8 kept (trainer.quantize.INT8_METHODS)
     perplexity_fp32: float | None = None  # on eval_texts; None when none were given
@@ -39,7 +40,7 @@ class ExportReport:
                     "perplexity_fp32": self.perplexity_fp32,
                     "perplexity_int8": self.perplexity_int8, "relative_diff": self.int8_relative_diff,
                     "tokens": self.eval_tokens}
-        return {"files": dict(self.files), "greedy_parity": {"prompts": self.parity_prompts, "equal": True},
+        return {"files": dict(self.files), "graph": self.graph, "greedy_parity": {"prompts": self.parity_prompts, "equal": True},
                 "max_logit_diff": self.max_logit_diff, "int8": int8,
                 "fp16": {"max_logit_diff_vs_fp32": self.fp16_max_logit_diff} if "model_fp16.onnx" in self.files
                 else None, "seconds": round(self.seconds, 1), "warnings": list(self.warnings)}

@@ -1,0 +1,156 @@
+"""A lean GPT-2 decoder graph, rebuilt from the weights of Optimum's export with onnxruntime's fused operators.
+
+Optimum's GPT-2 graph computes every shape at run time: about 1,400 nodes for GPT-2 124M, most of them Shape,
+Gather, Concat, Unsqueeze and Reshape on tiny tensors. At batch 1 those cost onnxruntime more time per token than
+the int8 matrix products themselves, and onnxruntime's transformer optimizer does not recognise the attention
+pattern that transformers 4.5x exports (it fuses only the Gelu and the LayerNorms).
+
+`fused_gpt2` writes the same model as about 10 nodes a layer: LayerNormalization, MatMul, com.microsoft
+MultiHeadAttention (causal, KV cache in and out, the cache concatenated inside the kernel), FastGelu with its bias,
+residual Adds (onnxruntime fuses them with the next LayerNorm into SkipLayerNormalization). It keeps the interface
+the runtime reads: inputs `input_ids`, `position_ids`, `past_key_values.{i}.key/value` (batch, heads, past, head
+size); outputs `logits` (batch, sequence, vocabulary) and `present.{i}.key/value`. It has no attention_mask: the
+runtime never pads (every row of a batch shares one prompt). Only GPT-2 (`model_type` "gpt2") is rebuilt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17  # LayerNormalization is opset 17
+MS_DOMAIN = "com.microsoft"
+
+
+class FuseError(ValueError):
+    """The source graph is not a GPT-2 export this module can rebuild."""
+
+
+def can_fuse(config: dict[str, Any]) -> bool:
+    """True for configurations `fused_gpt2` rebuilds: GPT-2 with its usual activation and no cross-attention."""
+    return (config.get("model_type") == "gpt2" and config.get("activation_function", "gelu_new") == "gelu_new"
+            and not config.get("add_cross_attention", False) and not config.get("scale_attn_by_inverse_layer_idx")
+            and not config.get("reorder_and_upcast_attn") and config.get("scale_attn_weights", True))
+
+
+def weights_of_folder(model_dir: str | Path) -> dict[str, np.ndarray]:
+    """The fp32 weights of a Hugging Face GPT-2 folder, by their PyTorch names (the output layer is tied to wte)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    with torch.no_grad():
+        return {name: tensor.detach().float().numpy().copy() for name, tensor in model.state_dict().items()}
+
+
+def weights_of_onnx(path: str | Path) -> dict[str, np.ndarray]:
+    """The initializers of an ONNX file by name. Optimum's export keeps the PyTorch names, but it shares one
+    initializer among identical tensors (the zero biases of an untrained model), so use a folder when one exists."""
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: str = "the weights"
+               ) -> onnx.ModelProto:
+    """The lean graph of a GPT-2 model: `weights` by PyTorch name, `config` its config.json."""
+    if not can_fuse(config):
+        raise FuseError(f"only a plain GPT-2 (model_type gpt2, gelu_new) can be rebuilt, not {config.get('model_type')!r}")
+    layers, width, heads = config["n_layer"], config["n_embd"], config["n_head"]
+    epsilon = float(config.get("layer_norm_epsilon", 1e-5))
+
+    def weight(name: str) -> np.ndarray:
+        if name not in weights:
+            raise FuseError(f"{source} has no initializer {name!r}: not a GPT-2 model")
+        return weights[name].astype(np.float32, copy=False)
+
+    graph = _Graph()
+    vocab = weight("transformer.wte.weight").shape[0]
+    graph.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+    graph.input("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+    cache = ["batch_size", heads, "past_sequence_length", width // heads]
+    for i in range(layers):
+        graph.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache)
+        graph.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache)
+
+    tokens = graph.node("Gather", [graph.const("transformer.wte.weight", weight("transformer.wte.weight")),
+                                   "input_ids"])
+    positions = graph.node("Gather", [graph.const("transformer.wpe.weight", weight("transformer.wpe.weight")),
+                                      "position_ids"])
+    hidden = graph.node("Add", [tokens, positions])
+    for i in range(layers):
+        p = f"transformer.h.{i}."
+        normed = graph.layer_norm(hidden, weight(p + "ln_1.weight"), weight(p + "ln_1.bias"), p + "ln_1", epsilon)
+        qkv = graph.node("MatMul", [normed, graph.const(p + "attn.c_attn.weight", weight(p + "attn.c_attn.weight"))])
+        q, k, v = graph.node("Split", [qkv, graph.const(p + "attn.split", np.array([width] * 3, np.int64))],
+                             outputs=3, axis=-1)
+        attended = graph.node(
+            "MultiHeadAttention",
+            [q, k, v, graph.const(p + "attn.c_attn.bias", weight(p + "attn.c_attn.bias")), "", "",
+             f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
+            outputs=[graph.fresh(), f"present.{i}.key", f"present.{i}.value"],
+            domain=MS_DOMAIN, num_heads=heads, unidirectional=1)[0]
+        hidden = graph.node("Add", [hidden, graph.linear(attended, weight, p + "attn.c_proj")])
+        normed = graph.layer_norm(hidden, weight(p + "ln_2.weight"), weight(p + "ln_2.bias"), p + "ln_2", epsilon)
+        up = graph.node("MatMul", [normed, graph.const(p + "mlp.c_fc.weight", weight(p + "mlp.c_fc.weight"))])
+        activated = graph.node("FastGelu", [up, graph.const(p + "mlp.c_fc.bias", weight(p + "mlp.c_fc.bias"))],
+                               domain=MS_DOMAIN)
+        hidden = graph.node("Add", [hidden, graph.linear(activated, weight, p + "mlp.c_proj")])
+    final = graph.layer_norm(hidden, weight("transformer.ln_f.weight"), weight("transformer.ln_f.bias"),
+                             "transformer.ln_f", epsilon)
+    # the output layer shares GPT-2's token embedding; MatMul needs it as (width, vocab)
+    head = np.ascontiguousarray(weight("transformer.wte.weight").T)
+    graph.node("MatMul", [final, graph.const("lm_head.weight", head)], outputs=["logits"])
+
+    graph.output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", vocab])
+    present = ["batch_size", heads, "total_sequence_length", width // heads]
+    for i in range(layers):
+        graph.output(f"present.{i}.key", TensorProto.FLOAT, present)
+        graph.output(f"present.{i}.value", TensorProto.FLOAT, present)
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, "tweetgen_gpt2", graph.inputs, graph.outputs, graph.initializers),
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="tweetgen")
+    model.ir_version = 8
+    return model
+
+
+class _Graph:
+    """Collects nodes, constants and the interface; names intermediate values t0, t1, ..."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._count = 0
+
+    def fresh(self) -> str:
+        self._count += 1
+        return f"t{self._count}"
+
+    def input(self, name: str, dtype: int, shape: list) -> None:
+        self.inputs.append(helper.make_tensor_value_info(name, dtype, shape))
+
+    def output(self, name: str, dtype: int, shape: list) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, dtype, shape))
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], *, outputs: int | list[str] = 1, domain: str = "", **attrs):
+        names = [self.fresh() for _ in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op, inputs, names, name=f"{op}_{len(self.nodes)}", domain=domain or None,
+                                           **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def layer_norm(self, x: str, scale: np.ndarray, bias: np.ndarray, name: str, epsilon: float) -> str:
+        return self.node("LayerNormalization", [x, self.const(name + ".weight", scale), self.const(name + ".bias", bias)],
+                         axis=-1, epsilon=epsilon)
+
+    def linear(self, x: str, weight, prefix: str) -> str:
+        product = self.node("MatMul", [x, self.const(prefix + ".weight", weight(prefix + ".weight"))])
+        return self.node("Add", [product, self.const(prefix + ".bias", weight(prefix + ".bias"))])
