@@ -60,8 +60,8 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         return np.argmax(logits, axis=-1).astype(np.int64)
     batch, vocab = logits.shape
     if 0 < params.top_k < vocab:
-        # (B, k) candidates in no order, found in linear time on the raw logits (temperature keeps the ranking).
-        candidates = np.argpartition(logits, vocab - params.top_k, axis=-1)[:, vocab - params.top_k:]
+        # (B, k) candidates in no order, found on the raw logits (temperature keeps the ranking).
+        candidates = top_k_indices(logits, params.top_k)
     else:
         candidates = np.broadcast_to(np.arange(vocab), (batch, vocab))
     values = np.take_along_axis(logits, candidates, axis=-1).astype(np.float64) / params.temperature
@@ -77,3 +77,29 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     draws = rng.random(batch) * cumulative[:, -1]
     picked = np.minimum((cumulative <= draws[:, None]).sum(axis=-1), cumulative.shape[1] - 1)
     return candidates[np.arange(batch), picked].astype(np.int64)
+
+
+BLOCK = 64  # top_k_indices: a group of logits per this many
+
+
+def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) indices of each row's k largest logits, in no order. logits: (B, V) with 0 < k < V.
+
+    Partitioning a whole 50k vocabulary costs ~0.4 ms a row. Instead each row is cut into V // BLOCK groups (group j:
+    columns j, j + groups, j + 2 * groups, ...; a strided cut whose maxima numpy takes fast) and only the k groups
+    with the largest maxima are partitioned: any logit among the k largest lies in one of them, since otherwise k
+    groups would each hold a larger logit. Columns past the last whole group are always candidates.
+    """
+    batch, vocab = logits.shape
+    groups = vocab // BLOCK
+    if groups <= k:  # a small vocabulary: partition all of it
+        return np.argpartition(logits, vocab - k, axis=-1)[:, vocab - k:]
+    maxima = logits[:, :groups * BLOCK].reshape(batch, BLOCK, groups).max(axis=1)  # (B, groups)
+    best_groups = np.argpartition(maxima, groups - k, axis=-1)[:, groups - k:]  # (B, k)
+    columns = (best_groups[:, None, :] + groups * np.arange(BLOCK)[None, :, None]).reshape(batch, -1)
+    tail = np.arange(groups * BLOCK, vocab)
+    columns = np.concatenate([columns, np.broadcast_to(tail, (batch, len(tail)))], axis=1)  # (B, k * BLOCK + tail)
+    values = np.take_along_axis(logits, columns, axis=-1)
+    width = columns.shape[1]
+    best = np.argpartition(values, width - k, axis=-1)[:, width - k:]
+    return np.take_along_axis(columns, best, axis=-1)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from runtime.sampling import SamplingParams, penalize_repeats, sample
+from runtime.sampling import SamplingParams, penalize_repeats, sample, top_k_indices
 
 LOGITS = np.array([[1.0, 3.0, 2.0, 0.5, -1.0]], dtype=np.float32)  # ranks: 1, 2, 0, 3, 4
 
@@ -64,3 +64,16 @@ def test_same_rng_seed_same_draws():
 def test_settings_out_of_range_are_refused_by_name(kwargs, word):
     with pytest.raises(ValueError, match=word):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("batch, vocab, k", [(5, 50257, 50), (1, 50257, 1), (3, 8192, 50), (2, 8192, 127),
+                                             (2, 8192, 128), (4, 100, 7), (2, 50257, 900)])
+def test_top_k_indices_are_the_k_largest(batch, vocab, k):
+    rng = np.random.default_rng(vocab + k)
+    logits = (rng.standard_normal((batch, vocab)) * 3).astype(np.float32)
+    logits[0, -5:] += 50  # the largest logits in the columns past the last whole group
+    logits[-1, :: vocab // 7] += 20  # and spread over several groups
+    got = top_k_indices(logits, k)
+    assert got.shape == (batch, k)
+    expected = np.argpartition(logits, vocab - k, axis=-1)[:, vocab - k:]
+    assert (np.sort(got, axis=-1) == np.sort(expected, axis=-1)).all()
