@@ -2,8 +2,9 @@
 
 It drives an Optimum "text-generation-with-past" ONNX export: inputs `input_ids`, `attention_mask`, optional
 `position_ids` and `past_key_values.{i}.key/value`; outputs `logits` and `present.{i}.key/value`. Names, layer count,
-KV heads and dtype are read from the session. For n samples the prompt is run once and its cache copied n times;
-the n rows then decode together, and a row leaves the batch when it is done.
+KV heads and dtype are read from the session. tweetgen's own GPT-2 graph (trainer.fuse) also takes `seqlens_k` and
+`total_sequence_length` and, on the CPU, writes the cache into buffers in place. For n samples the prompt is run once
+and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
 """
 
 from __future__ import annotations
@@ -35,16 +36,34 @@ class GraphSpec:
     kv_heads: int
     head_dim: int
     cache_dtype: type  # numpy dtype of the KV cache
+    has_seqlens: bool = False  # GroupQueryAttention inputs seqlens_k and total_sequence_length (trainer.fuse)
+    vocab_size: int | None = None  # the logits' last dimension, when the graph fixes it
 
     @property
     def layers(self) -> int:
         return len(self.past_names) // 2
 
 
+def step_feeds(spec: GraphSpec, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
+    """Every input but the cache for a run of `ids` (B, S) after `past_length` cached tokens (no padding)."""
+    batch, new = ids.shape
+    feeds = {"input_ids": ids.astype(np.int64, copy=False)}
+    if spec.has_attention_mask:
+        feeds["attention_mask"] = np.ones((batch, past_length + new), dtype=np.int64)
+    if spec.has_position_ids:
+        positions = np.arange(past_length, past_length + new, dtype=np.int64)
+        feeds["position_ids"] = np.broadcast_to(positions, (batch, new)).copy()
+    if spec.has_seqlens:
+        feeds["seqlens_k"] = np.full(batch, past_length + new - 1, dtype=np.int32)
+        feeds["total_sequence_length"] = np.array(past_length + new, dtype=np.int32)
+    return feeds
+
+
 def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
     """Find the decoder's inputs and outputs; cross-check them with config.json. Raises ModelFolderError."""
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
+    logits_shape = next((o.shape for o in session.get_outputs() if o.name == "logits"), [None])
     past = sorted((int(m[1]), m[2] == "value", name) for name in inputs if (m := _PAST.match(name)))
     present = sorted((int(m[1]), m[2] == "value", name) for name in outputs if (m := _PRESENT.match(name)))
     problems = []
@@ -70,14 +89,17 @@ def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
     return GraphSpec(
         past_names=tuple(p[2] for p in past), present_names=tuple(p[2] for p in present),
         has_attention_mask="attention_mask" in inputs, has_position_ids="position_ids" in inputs,
-        kv_heads=int(kv_heads), head_dim=int(head_dim), cache_dtype=_DTYPES[first.type])
+        kv_heads=int(kv_heads), head_dim=int(head_dim), cache_dtype=_DTYPES[first.type],
+        has_seqlens="seqlens_k" in inputs and "total_sequence_length" in inputs,
+        vocab_size=vocab if isinstance(vocab := logits_shape[-1], int) else None)
 
 
 class Engine:
     """Runs one ONNX decoder session. Holds no per-call state, so one Engine serves many threads."""
 
     def __init__(self, session: ort.InferenceSession, spec: GraphSpec, *, context_length: int,
-                 eos_token_ids: tuple[int, ...], device: str = "cpu", io_binding: bool | None = None) -> None:
+                 eos_token_ids: tuple[int, ...], device: str = "cpu", io_binding: bool | None = None,
+                 shared_cache: bool | None = None) -> None:
         self.session = session
         self.spec = spec
         self.context_length = context_length
@@ -85,6 +107,11 @@ class Engine:
         self.device = device
         # On CUDA the KV cache stays in GPU memory through IO binding; on CPU plain numpy feeds cost nothing extra.
         self.io_binding = device == "cuda" if io_binding is None else io_binding
+        # A GroupQueryAttention graph (trainer.fuse) on the CPU writes each step's keys and values into one buffer
+        # per layer, sized for the whole call, bound as both past and present: the cache is never copied per token.
+        self.shared_cache = (spec.has_seqlens and not self.io_binding) if shared_cache is None else shared_cache
+        if self.shared_cache and not spec.has_seqlens:
+            raise ValueError("shared_cache needs a graph with seqlens_k and total_sequence_length inputs")
         self._outputs = ["logits", *spec.present_names]
 
     def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -122,7 +149,8 @@ class Engine:
             # The cache lives on the device and cannot be copied row-wise there: run the prompt as n rows at once.
             logits, past = self._forward(np.repeat(prompt[None, :], n, axis=0), self._empty_past(n), 0)
         else:
-            logits, past = self._forward(prompt[None, :], self._empty_past(1), 0)  # (1, V), [(1, kv, T, hd)]
+            capacity = len(prompt) + max_new_tokens - 1 if self.shared_cache else 0  # positions ever cached
+            logits, past = self._forward(prompt[None, :], self._empty_past(1, capacity), 0)  # (1, V), [(1, kv, T, hd)]
             if n > 1:
                 logits = np.repeat(logits, n, axis=0)
                 past = [np.repeat(p, n, axis=0) for p in past]  # (n, kv, T, hd): the prompt was run once
@@ -156,24 +184,22 @@ class Engine:
             logits, past = self._forward(feed[:, None], past, length)
             length += 1
 
-    def _empty_past(self, batch: int) -> list[np.ndarray]:
-        shape = (batch, self.spec.kv_heads, 0, self.spec.head_dim)
+    def _empty_past(self, batch: int, capacity: int = 0) -> list[np.ndarray]:
+        """The cache before the prompt: empty, or (shared_cache) zeroed buffers of `capacity` positions each."""
+        shape = (batch, self.spec.kv_heads, capacity, self.spec.head_dim)
+        if capacity:
+            return [np.zeros(shape, dtype=self.spec.cache_dtype) for _ in self.spec.past_names]
         return [np.zeros(shape, dtype=self.spec.cache_dtype)] * len(self.spec.past_names)
 
     def _feeds(self, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
-        batch, new = ids.shape
-        feeds = {"input_ids": ids}
-        if self.spec.has_attention_mask:
-            feeds["attention_mask"] = np.ones((batch, past_length + new), dtype=np.int64)
-        if self.spec.has_position_ids:
-            positions = np.arange(past_length, past_length + new, dtype=np.int64)
-            feeds["position_ids"] = np.broadcast_to(positions, (batch, new)).copy()
-        return feeds
+        return step_feeds(self.spec, ids, past_length)
 
     def _forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
         """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V)."""
         if self.io_binding:
             return self._forward_bound(ids, past, past_length)
+        if self.shared_cache:
+            return self._forward_shared(ids, past, past_length)
         feeds = self._feeds(ids, past_length)
         feeds.update(zip(self.spec.past_names, past))
         logits, *present = self.session.run(self._outputs, feeds)  # logits: (B, S, V)
@@ -195,6 +221,25 @@ class Engine:
         self.session.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
         return logits.numpy()[:, -1, :].astype(np.float32, copy=False), present
+
+    def _forward_shared(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
+        """Like _forward, but `past` holds buffers the graph writes this step's keys and values into, in place."""
+        binding = self.session.io_binding()
+        for name, value in self._feeds(ids, past_length).items():
+            binding.bind_cpu_input(name, value)
+        for past_name, present_name, buffer in zip(self.spec.past_names, self.spec.present_names, past):
+            binding.bind_input(past_name, "cpu", 0, buffer.dtype.type, list(buffer.shape), buffer.ctypes.data)
+            binding.bind_output(present_name, "cpu", 0, buffer.dtype.type, list(buffer.shape), buffer.ctypes.data)
+        logits = None
+        if self.spec.vocab_size is not None:  # written straight into an array of ours
+            logits = np.empty((*ids.shape, self.spec.vocab_size), dtype=self.spec.cache_dtype)
+            binding.bind_output("logits", "cpu", 0, logits.dtype.type, list(logits.shape), logits.ctypes.data)
+        else:
+            binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(binding)
+        if logits is None:
+            logits = binding.get_outputs()[0].numpy()
+        return logits[:, -1, :].astype(np.float32, copy=False), past
 
     def greedy_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding that reruns the whole sequence every step (slow; a reference for tests)."""

@@ -20,6 +20,9 @@ def run(session, ids, past, past_length, layers):
              "position_ids": np.broadcast_to(np.arange(past_length, past_length + new), (batch, new)).copy()}
     if "attention_mask" in names:
         feeds["attention_mask"] = np.ones((batch, past_length + new), np.int64)
+    if "seqlens_k" in names:
+        feeds["seqlens_k"] = np.full(batch, past_length + new - 1, np.int32)
+        feeds["total_sequence_length"] = np.array(past_length + new, np.int32)
     for i in range(layers):
         feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
     logits, *present = session.run(None, feeds)
@@ -49,14 +52,17 @@ def test_the_fused_graph_matches_optimum_with_and_without_a_cache(graphs):
     assert got.shape == expected.shape == (3, 9, config["vocab_size"])
     assert np.abs(got - expected).max() < 1e-4
     assert all(a.shape == b.shape and np.abs(a - b).max() < 1e-4 for a, b in zip(cache, expected_cache))
-    # several new tokens after a cache: the causal mask must be offset by the cached length
-    more = rng.integers(0, config["vocab_size"], (3, 4)).astype(np.int64)
-    expected, _ = run(optimum, more, expected_cache, 9, layers)
-    got, cache = run(fused, more, cache, 9, layers)
-    assert np.abs(got - expected).max() < 1e-4 and cache[0].shape == (3, heads, 13, size)
-    # and the cached run equals running the whole sequence at once
-    whole, _ = run(fused, np.concatenate([prompt, more], axis=1), empty, 0, layers)
-    assert np.abs(whole[:, 9:] - got).max() < 1e-4
+    # one new token per row after the cache, as the runtime decodes
+    step = rng.integers(0, config["vocab_size"], (3, 1)).astype(np.int64)
+    expected, _ = run(optimum, step, expected_cache, 9, layers)
+    got, cache = run(fused, step, cache, 9, layers)
+    assert np.abs(got - expected).max() < 1e-4 and cache[0].shape == (3, heads, 10, size)
+    # several new tokens after a cache (onnxruntime's kernel takes that for one row only): the causal mask must be
+    # offset by the cached length, and the result equals running the whole sequence at once
+    more = rng.integers(0, config["vocab_size"], (1, 4)).astype(np.int64)
+    got, _ = run(fused, more, [c[:1] for c in cache], 10, layers)
+    whole, _ = run(fused, np.concatenate([prompt[:1], step[:1], more], axis=1), [e[:1] for e in empty], 0, layers)
+    assert np.abs(whole[:, 10:] - got).max() < 1e-4
 
 
 def test_the_fused_graph_is_small_and_keeps_the_runtime_interface(graphs):
@@ -65,9 +71,9 @@ def test_the_fused_graph_is_small_and_keeps_the_runtime_interface(graphs):
     assert len(model.graph.node) <= 12 * config["n_layer"] + 8
     assert len(onnx.load(str(FIXTURES / "tiny_gpt2" / "model.onnx")).graph.node) > 5 * len(model.graph.node)
     ops = {n.op_type for n in model.graph.node}
-    assert {"MultiHeadAttention", "FastGelu", "LayerNormalization"} <= ops
+    assert {"GroupQueryAttention", "FastGelu", "LayerNormalization"} <= ops
     optimum_inputs = {i.name for i in optimum.get_inputs()} - {"attention_mask"}
-    assert {i.name for i in fused.get_inputs()} == optimum_inputs
+    assert {i.name for i in fused.get_inputs()} == optimum_inputs | {"seqlens_k", "total_sequence_length"}
     assert [o.name for o in fused.get_outputs()] == [o.name for o in optimum.get_outputs()]
 
 
@@ -80,3 +86,61 @@ def test_only_plain_gpt2_is_fused(tmp_path):
         fused_gpt2({}, llama)
     with pytest.raises(FuseError, match="no initializer 'transformer.wte.weight'"):
         fused_gpt2(weights_of_onnx(FIXTURES / "tiny_llama" / "model.onnx"), gpt2)
+
+
+@pytest.fixture(scope="module")
+def fused_generator(graphs, tmp_path_factory):
+    """The tiny GPT-2 fixture folder with the fused graph as its model.onnx."""
+    import shutil
+
+    from runtime import Generator
+
+    folder = tmp_path_factory.mktemp("fused_folder") / "tiny"
+    shutil.copytree(FIXTURES / "tiny_gpt2", folder)
+    shutil.copy(graphs[1], folder / "model.onnx")
+    return Generator.load(folder, device="cpu")
+
+
+def engine_like(generator, **options):
+    from runtime import Engine
+
+    engine = generator.engine
+    return Engine(engine.session, engine.spec, context_length=engine.context_length,
+                  eos_token_ids=tuple(engine.eos_token_ids.tolist()), **options)
+
+
+def test_the_runtime_decodes_the_fused_graph_like_transformers(fused_generator):
+    from test_engine import GOLDEN, PROMPT, run
+
+    assert fused_generator.engine.shared_cache and fused_generator.engine.spec.has_seqlens
+    assert run(fused_generator.engine, PROMPT) == [GOLDEN["gpt2"]]
+    assert run(fused_generator.engine, PROMPT, n=3) == [GOLDEN["gpt2"]] * 3
+    assert fused_generator.generate("My dream is", n=2, seed=1, max_new_tokens=8)
+
+
+def test_the_cache_written_in_place_decodes_as_the_copied_cache(fused_generator):
+    """Rows leaving the batch take their buffers with them; every path draws the same tokens."""
+    from test_engine import PROMPT, run
+
+    from runtime.sampling import SamplingParams
+
+    copied = engine_like(fused_generator, shared_cache=False)
+    bound = engine_like(fused_generator, io_binding=True)
+    params = SamplingParams(temperature=1.0, top_k=0, repetition_penalty=1.3)
+    eos = int(fused_generator.engine.eos_token_ids[0])
+    early = 0
+    for seed in range(12):
+        want = run(copied, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed)
+        assert run(fused_generator.engine, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
+        assert run(bound, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
+        early += sum(eos in row for row in want)
+    assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
+
+
+def test_a_graph_without_seqlens_cannot_share_its_cache():
+    from runtime import Generator
+
+    generator = Generator.load(FIXTURES / "tiny_gpt2", device="cpu")
+    assert not generator.engine.shared_cache
+    with pytest.raises(ValueError, match="seqlens_k"):
+        engine_like(generator, shared_cache=True)

@@ -110,8 +110,9 @@ def _export_section(export: dict[str, Any]) -> str:
         lines.append(f"- Greedy decoding with the ONNX model (tweetgen's runtime) gives the same token ids as "
                      f"PyTorch on {parity['prompts']} prompts: {'yes' if parity['equal'] else 'NO'}.")
     if export.get("graph") == "fused":
-        lines.append("- Graph: GPT-2 rebuilt by tweetgen with onnxruntime's fused operators (MultiHeadAttention with "
-                     "the KV cache, FastGelu), from the same weights; checked against PyTorch like the export.")
+        lines.append("- Graph: GPT-2 rebuilt by tweetgen with onnxruntime's fused operators (GroupQueryAttention "
+                     "with the KV cache written in place, FastGelu), from the same weights; checked against PyTorch "
+                     "like the export.")
     if export.get("max_logit_diff") is not None:
         lines.append(f"- Largest difference between ONNX and PyTorch logits: {export['max_logit_diff']:.2e}.")
     fp16 = export.get("fp16") or {}

@@ -5,12 +5,17 @@ Gather, Concat, Unsqueeze and Reshape on tiny tensors. At batch 1 those cost onn
 the int8 matrix products themselves, and onnxruntime's transformer optimizer does not recognise the attention
 pattern that transformers 4.5x exports (it fuses only the Gelu and the LayerNorms).
 
-`fused_gpt2` writes the same model as about 10 nodes a layer: LayerNormalization, MatMul, com.microsoft
-MultiHeadAttention (causal, KV cache in and out, the cache concatenated inside the kernel), FastGelu with its bias,
-residual Adds (onnxruntime fuses them with the next LayerNorm into SkipLayerNormalization). It keeps the interface
-the runtime reads: inputs `input_ids`, `position_ids`, `past_key_values.{i}.key/value` (batch, heads, past, head
-size); outputs `logits` (batch, sequence, vocabulary) and `present.{i}.key/value`. It has no attention_mask: the
-runtime never pads (every row of a batch shares one prompt). Only GPT-2 (`model_type` "gpt2") is rebuilt.
+`fused_gpt2` writes the same model as about 10 nodes a layer: LayerNormalization, MatMul (+ bias), com.microsoft
+GroupQueryAttention (causal, with as many KV heads as heads: plain multi-head attention), FastGelu with its bias,
+residual Adds (onnxruntime fuses MatMul with its bias, and Add with the next LayerNorm). Interface: inputs
+`input_ids`, `position_ids`, `past_key_values.{i}.key/value` (batch, heads, past, head size), `seqlens_k` (int32,
+per row: tokens so far including this step's, minus 1) and `total_sequence_length` (int32 scalar); outputs `logits`
+(batch, sequence, vocabulary) and `present.{i}.key/value`. Fed a past of exactly the tokens so far, it returns the
+longer cache, as Optimum's graph does. Given one preallocated buffer as both past and present (IO binding),
+GroupQueryAttention writes the new keys and values into it in place: the runtime's CPU path does that, so the cache
+is never copied per token. There is no attention_mask: the runtime never pads (a batch's rows share one prompt).
+Only GPT-2 (`model_type` "gpt2") is rebuilt. GroupQueryAttention has CUDA kernels for fp16 only: the fp32 graph on
+CUDA runs that node on the CPU.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
     for i in range(layers):
         graph.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache)
         graph.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache)
+    graph.input("seqlens_k", TensorProto.INT32, ["batch_size"])  # each row's tokens so far, this step's included, - 1
+    graph.input("total_sequence_length", TensorProto.INT32, [])  # tokens so far, this step's included
 
     tokens = graph.node("Gather", [graph.const("transformer.wte.weight", weight("transformer.wte.weight")),
                                    "input_ids"])
@@ -83,15 +90,13 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
     for i in range(layers):
         p = f"transformer.h.{i}."
         normed = graph.layer_norm(hidden, weight(p + "ln_1.weight"), weight(p + "ln_1.bias"), p + "ln_1", epsilon)
-        qkv = graph.node("MatMul", [normed, graph.const(p + "attn.c_attn.weight", weight(p + "attn.c_attn.weight"))])
-        q, k, v = graph.node("Split", [qkv, graph.const(p + "attn.split", np.array([width] * 3, np.int64))],
-                             outputs=3, axis=-1)
+        qkv = graph.linear(normed, weight, p + "attn.c_attn")  # (B, S, 3 * width): all queries, keys, values
         attended = graph.node(
-            "MultiHeadAttention",
-            [q, k, v, graph.const(p + "attn.c_attn.bias", weight(p + "attn.c_attn.bias")), "", "",
-             f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+             "total_sequence_length"],
             outputs=[graph.fresh(), f"present.{i}.key", f"present.{i}.value"],
-            domain=MS_DOMAIN, num_heads=heads, unidirectional=1)[0]
+            domain=MS_DOMAIN, num_heads=heads, kv_num_heads=heads)[0]
         hidden = graph.node("Add", [hidden, graph.linear(attended, weight, p + "attn.c_proj")])
         normed = graph.layer_norm(hidden, weight(p + "ln_2.weight"), weight(p + "ln_2.bias"), p + "ln_2", epsilon)
         up = graph.node("MatMul", [normed, graph.const(p + "mlp.c_fc.weight", weight(p + "mlp.c_fc.weight"))])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.engine import GraphSpec, read_graph_spec
+from runtime.engine import GraphSpec, read_graph_spec, step_feeds
 from runtime.folder import read_folder
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,7 @@ def full_logits(session, spec: GraphSpec, ids: np.ndarray) -> np.ndarray:
     The attention mask is all ones: with right padding, a causal model's real positions never see the padding.
     """
     batch, length = ids.shape
-    feeds = {"input_ids": ids.astype(np.int64)}
-    if spec.has_attention_mask:
-        feeds["attention_mask"] = np.ones((batch, length), dtype=np.int64)
-    if spec.has_position_ids:
-        feeds["position_ids"] = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy()
+    feeds = step_feeds(spec, ids, 0)
     empty = np.zeros((batch, spec.kv_heads, 0, spec.head_dim), dtype=spec.cache_dtype)
     feeds.update({name: empty for name in spec.past_names})
     (logits,) = session.run(["logits"], feeds)
