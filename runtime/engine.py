@@ -145,12 +145,13 @@ class Engine:
 
     def _decode(self, prompt: np.ndarray, n: int, max_new_tokens: int, params: SamplingParams,
                 rng: np.random.Generator, done: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        forward = _InPlaceRuns(self).forward if self.shared_cache else self._forward
         if self.io_binding:
             # The cache lives on the device and cannot be copied row-wise there: run the prompt as n rows at once.
-            logits, past = self._forward(np.repeat(prompt[None, :], n, axis=0), self._empty_past(n), 0)
+            logits, past = forward(np.repeat(prompt[None, :], n, axis=0), self._empty_past(n), 0)
         else:
             capacity = len(prompt) + max_new_tokens - 1 if self.shared_cache else 0  # positions ever cached
-            logits, past = self._forward(prompt[None, :], self._empty_past(1, capacity), 0)  # (1, V), [(1, kv, T, hd)]
+            logits, past = forward(prompt[None, :], self._empty_past(1, capacity), 0)  # (1, V), [(1, kv, T, hd)]
             if n > 1:
                 logits = np.repeat(logits, n, axis=0)
                 past = [np.repeat(p, n, axis=0) for p in past]  # (n, kv, T, hd): the prompt was run once
@@ -181,7 +182,7 @@ class Engine:
                 if not keep.all():  # finished rows leave the batch: one copy of the cache now, less work after
                     past = [p[keep] for p in past]
                 batch, feed = rows[keep], tokens[keep]
-            logits, past = self._forward(feed[:, None], past, length)
+            logits, past = forward(feed[:, None], past, length)
             length += 1
 
     def _empty_past(self, batch: int, capacity: int = 0) -> list[np.ndarray]:
@@ -198,8 +199,6 @@ class Engine:
         """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V)."""
         if self.io_binding:
             return self._forward_bound(ids, past, past_length)
-        if self.shared_cache:
-            return self._forward_shared(ids, past, past_length)
         feeds = self._feeds(ids, past_length)
         feeds.update(zip(self.spec.past_names, past))
         logits, *present = self.session.run(self._outputs, feeds)  # logits: (B, S, V)
@@ -222,25 +221,6 @@ class Engine:
         logits, *present = binding.get_outputs()
         return logits.numpy()[:, -1, :].astype(np.float32, copy=False), present
 
-    def _forward_shared(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
-        """Like _forward, but `past` holds buffers the graph writes this step's keys and values into, in place."""
-        binding = self.session.io_binding()
-        for name, value in self._feeds(ids, past_length).items():
-            binding.bind_cpu_input(name, value)
-        for past_name, present_name, buffer in zip(self.spec.past_names, self.spec.present_names, past):
-            binding.bind_input(past_name, "cpu", 0, buffer.dtype.type, list(buffer.shape), buffer.ctypes.data)
-            binding.bind_output(present_name, "cpu", 0, buffer.dtype.type, list(buffer.shape), buffer.ctypes.data)
-        logits = None
-        if self.spec.vocab_size is not None:  # written straight into an array of ours
-            logits = np.empty((*ids.shape, self.spec.vocab_size), dtype=self.spec.cache_dtype)
-            binding.bind_output("logits", "cpu", 0, logits.dtype.type, list(logits.shape), logits.ctypes.data)
-        else:
-            binding.bind_output("logits", "cpu")
-        self.session.run_with_iobinding(binding)
-        if logits is None:
-            logits = binding.get_outputs()[0].numpy()
-        return logits[:, -1, :].astype(np.float32, copy=False), past
-
     def greedy_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding that reruns the whole sequence every step (slow; a reference for tests)."""
         ids = [int(t) for t in prompt_ids]
@@ -254,3 +234,37 @@ class Engine:
                 break
             ids.append(token)
         return out
+
+
+class _InPlaceRuns:
+    """The runs of one generate call on a shared-cache graph: one buffer per layer is bound as both past and present,
+    and the graph writes each step's keys and values into it. The binding of the buffers is kept while they stay
+    the same list (they change when the prompt's cache is copied to n rows, or rows leave the batch)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.binding = engine.session.io_binding()
+        self.bound: list | None = None
+        self.feeds: dict[str, np.ndarray] = {}
+
+    def forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
+        spec, binding = self.engine.spec, self.binding
+        if past is not self.bound:
+            for past_name, present_name, buffer in zip(spec.past_names, spec.present_names, past):
+                binding.bind_input(past_name, "cpu", 0, buffer.dtype.type, list(buffer.shape), buffer.ctypes.data)
+                binding.bind_output(present_name, "cpu", 0, buffer.dtype.type, list(buffer.shape),
+                                    buffer.ctypes.data)
+            self.bound = past
+        self.feeds = step_feeds(spec, ids, past_length)  # kept alive while bound
+        for name, value in self.feeds.items():
+            binding.bind_cpu_input(name, value)
+        logits = None
+        if spec.vocab_size is not None:  # written straight into an array of ours
+            logits = np.empty((*ids.shape, spec.vocab_size), dtype=spec.cache_dtype)
+            binding.bind_output("logits", "cpu", 0, logits.dtype.type, list(logits.shape), logits.ctypes.data)
+        else:
+            binding.bind_output("logits", "cpu")
+        self.engine.session.run_with_iobinding(binding)
+        if logits is None:
+            logits = binding.get_outputs()[0].numpy()
+        return logits[:, -1, :].astype(np.float32, copy=False), past

@@ -115,6 +115,7 @@ def test_the_runtime_decodes_the_fused_graph_like_transformers(fused_generator):
     assert fused_generator.engine.shared_cache and fused_generator.engine.spec.has_seqlens
     assert run(fused_generator.engine, PROMPT) == [GOLDEN["gpt2"]]
     assert run(fused_generator.engine, PROMPT, n=3) == [GOLDEN["gpt2"]] * 3
+    assert fused_generator.engine.greedy_without_cache(PROMPT, 24) == GOLDEN["gpt2"]
     assert fused_generator.generate("My dream is", n=2, seed=1, max_new_tokens=8)
 
 
