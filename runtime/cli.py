@@ -17,7 +17,7 @@ EXPORTED_DIR = Path(__file__).resolve().parent.parent / "exported"
 
 EXAMPLES = """\
 examples:
-  tweetgen-run "My dream is"                       one tweet from the default model, streamed
+  tweetgen-run "My dream is"                       one tweet from the default model
   tweetgen-run -n 5 --seed 0 "My dream is"         five tweets, the same five every time
   tweetgen-run --user elonmusk "Mars"              one voice of a multi-user model
   tweetgen-run -m exported/dril -t 0.8 "I will"    another model, cooler sampling
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of plain text")
     parser.add_argument("--no-stream", action="store_true", help="print the tweet only once it is complete")
+    parser.add_argument("--allow-copies", action="store_true",
+                        help="keep tweets that repeat 8 words of a training tweet (by default they are drawn again "
+                             "when the model ships its copy index; streaming needs this, as shown words stay shown)")
     return parser
 
 
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, user=args.user,
                    max_chars=args.max_chars or None, stop_at_newline=args.stop_at_newline)
-    if args.n == 1 and not (args.json or args.no_stream):
+    checked = generator.copy_index is not None and not args.allow_copies  # copies are drawn again: no stream
+    if args.n == 1 and not (args.json or args.no_stream or checked):
         pieces = generator.stream(prompt, **options)  # arguments are checked here, before anything is printed
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
-    tweets = [prompt + text for text in generator.generate(prompt, args.n, **options)]
+    tweets = [prompt + text for text in generator.generate(prompt, args.n, allow_copies=args.allow_copies, **options)]
     if args.json:
         print(json.dumps({"model": str(generator.folder.path), "variant": generator.model_path.name,
                           "prompt": prompt, "user": args.user, "seed": args.seed, "tweets": tweets},

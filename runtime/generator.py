@@ -11,6 +11,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from . import copies
+from .copies import CopyIndex
 from .engine import MAX_SAMPLES, Engine, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
 from .folder import ModelFolder, read_folder
@@ -19,6 +21,7 @@ from .text import TweetText
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
+COPY_ATTEMPTS = 5  # generate: draws in all (the first included) for a text that copies a training tweet
 
 
 def cuda_available() -> bool:
@@ -29,11 +32,13 @@ def cuda_available() -> bool:
 class Generator:
     """A model folder loaded for generation. Holds only immutable state: one instance serves many threads."""
 
-    def __init__(self, folder: ModelFolder, engine: Engine, tokenizer: Tokenizer, model_path: Path) -> None:
+    def __init__(self, folder: ModelFolder, engine: Engine, tokenizer: Tokenizer, model_path: Path,
+                 copy_index: CopyIndex | None = None) -> None:
         self.folder = folder
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_path = model_path
+        self.copy_index = copy_index  # the training tweets' 8-word windows, when the folder ships copies.bin
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
@@ -70,7 +75,7 @@ class Generator:
         engine = Engine(session, read_graph_spec(session, folder.config), context_length=folder.context_length,
                         eos_token_ids=eos, device=device)
         log.info("loaded %s on %s", model_path, device)
-        return cls(folder, engine, tokenizer, model_path)
+        return cls(folder, engine, tokenizer, model_path, _read_copy_index(folder.path))
 
     @property
     def users(self) -> list[str]:
@@ -101,8 +106,13 @@ class Generator:
     def generate(self, prompt: str, n: int = 1, *, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  repetition_penalty: float | None = None, seed: int | None = None, user: str | None = None,
-                 max_chars: int | None = 280, stop_at_newline: bool = False) -> list[str]:
+                 max_chars: int | None = 280, stop_at_newline: bool = False, allow_copies: bool = False
+                 ) -> list[str]:
         """Write n continuations of `prompt` (the prompt itself is not repeated).
+
+        When the folder ships a copy index (copies.bin), a text that repeats 8 consecutive words of a training tweet
+        is drawn again, up to COPY_ATTEMPTS draws in all, unless allow_copies; one still copying after that is left
+        out, so fewer than n texts come back (logged; rare).
 
         Args:
             prompt: the start of the tweet; may be "".
@@ -113,13 +123,34 @@ class Generator:
             user: one voice of a multi-user model (see `users`).
             max_chars: cut each text to this many characters on a word boundary (None: no cut).
             stop_at_newline: end each text at its first newline.
+            allow_copies: keep texts that copy a training tweet.
 
         Returns:
-            n strings.
+            n strings (fewer only as said above).
 
         Raises:
             ValueError: an option outside its allowed range, an unknown user, or a prompt that does not fit.
         """
+        options = (max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        out = self._generate_once(prompt, n, *options, seed, user, max_chars, stop_at_newline)
+        if self.copy_index is None or allow_copies:
+            return out
+        # the prompt's own words count only when it does not copy a training tweet by itself
+        whole = not self.copy_index.copies(prompt)
+        fresh = [t for t in out if not self.copy_index.copies(prompt + t if whole else t)]
+        for attempt in range(1, COPY_ATTEMPTS):
+            if len(fresh) == n:
+                break
+            retry_seed = None if seed is None else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
+            out = self._generate_once(prompt, n - len(fresh), *options, retry_seed, user, max_chars, stop_at_newline)
+            fresh += [t for t in out if not self.copy_index.copies(prompt + t if whole else t)]
+        if len(fresh) < n:
+            log.warning("%d of %d texts still copied a training tweet after %d draws: left out", n - len(fresh), n,
+                        COPY_ATTEMPTS)
+        return fresh
+
+    def _generate_once(self, prompt, n, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, user,
+                       max_chars, stop_at_newline) -> list[str]:
         steps, texts = self._start(prompt, n, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                                    seed, user, max_chars, stop_at_newline)
         for _ in steps:
@@ -132,7 +163,8 @@ class Generator:
                stop_at_newline: bool = False) -> Iterator[str]:
         """Yield the text of one sample piece by piece (whole words, never half a character).
 
-        Joined, the pieces equal `generate(prompt, n=1, ...)[0]` with the same arguments. Arguments are checked
+        Joined, the pieces equal `generate(prompt, n=1, allow_copies=True, ...)[0]` with the same arguments: what
+        is shown cannot be taken back, so a stream is never checked against the copy index. Arguments are checked
         when this is called, not on the first `next()`.
         """
         steps, texts = self._start(prompt, 1, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
@@ -189,6 +221,17 @@ class Generator:
             yield
         for text in texts:
             text.finish()
+
+
+def _read_copy_index(folder: Path) -> CopyIndex | None:
+    path = folder / copies.FILE
+    if not path.is_file():
+        return None
+    try:
+        return CopyIndex.load(path)
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"cannot read the copy index {path}: {exc}; remove the file to generate without "
+                               "the copy check") from None
 
 
 def _open_session(model_path: Path, device: str, threads: int | None) -> ort.InferenceSession:

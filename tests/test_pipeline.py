@@ -46,9 +46,11 @@ def cyborg(tmp_path_factory):
 def test_the_exported_folder_has_every_file_and_two_voices(cyborg):
     _, out = cyborg
     for name in ("model.onnx", "model_quantized.onnx", "model_fp16.onnx", "tokenizer.json", "config.json",
-                 "generation_config.json", "tweetgen.json", "README.md", "loss.png"):
+                 "generation_config.json", "tweetgen.json", "README.md", "loss.png", "copies.bin"):
         assert (out / name).is_file(), name
     generator = Generator.load(out)
+    windows = json.loads((out / "tweetgen.json").read_text())["export"]["copy_index_windows"]
+    assert windows == len(generator.copy_index) > 100 and "8-word windows" in (out / "README.md").read_text()
     assert generator.users == ["alice", "bob"]
     assert generator.model_path.name == "model_quantized.onnx"
     texts = generator.generate("Rockets", n=3, seed=0, user="alice")
@@ -76,14 +78,19 @@ def test_the_pipeline_evaluates_the_exported_folder(cyborg):
     report = json.loads((out / "eval.json").read_text())
     assert report["samples"] == 40 and set(report["users"]) == {"alice", "bob"}
     assert (out / "README.md").read_text().count("## Evaluation") == 1
+    # the folder ships a copy index: memorization is measured as generated, and again without the copy check
+    assert report["copy_index"] and report["unfiltered_memorization"]["checked"] == 40
+    assert report["memorization"]["verbatim"] <= report["unfiltered_memorization"]["verbatim"]
 
 
 def test_stages_alone_reuse_what_the_earlier_ones_left(cyborg, capsys):
     tmp, out = cyborg
     again = tmp / "exported" / "again"
     assert main(["export", "--workdir", str(tmp / "work"), "--name", "cyborg", "--out", str(again), "--no-fp16",
-                 "--no-int8"]) == 0
+                 "--no-fp32", "--no-copy-index"]) == 0
     assert Generator.load(again).users == ["alice", "bob"]
+    assert sorted(p.name for p in again.glob("model*")) == ["model_quantized.onnx"]  # fp32 checked, then left out
+    assert not (again / "copies.bin").exists() and Generator.load(again).copy_index is None
     other = tmp / "exported" / "plain"
     assert main(["export", "--model", str(FIXTURES / "tiny_llama_hf"), "--out", str(other), "--no-fp16"]) == 0
     assert Generator.load(other).users == []

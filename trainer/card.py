@@ -113,6 +113,11 @@ def _export_section(export: dict[str, Any]) -> str:
         lines.append("- Graph: GPT-2 rebuilt by tweetgen with onnxruntime's fused operators (GroupQueryAttention "
                      "with the KV cache written in place, FastGelu), from the same weights; checked against PyTorch "
                      "like the export.")
+    if export.get("copy_index_windows"):
+        lines.append(f"- `copies.bin`: the top 32 bits of the hashes of the training tweets' "
+                     f"{export['copy_index_windows']:,} distinct 8-word windows (no text). With it, tweetgen-run "
+                     "draws again any tweet that repeats 8 consecutive words of a training tweet (`--allow-copies` "
+                     "keeps them).")
     if export.get("max_logit_diff") is not None:
         lines.append(f"- Largest difference between ONNX and PyTorch logits: {export['max_logit_diff']:.2e}.")
     fp16 = export.get("fp16") or {}

@@ -169,6 +169,11 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, metavar="DIR", help="the model folder to write (default: exported/NAME)")
     parser.add_argument("--no-int8", action="store_true", help="skip model_quantized.onnx (int8, for CPUs)")
     parser.add_argument("--no-fp16", action="store_true", help="skip model_fp16.onnx (for GPUs)")
+    parser.add_argument("--no-fp32", action="store_true",
+                        help="leave model.onnx out of the folder once every check has used it (a smaller folder)")
+    parser.add_argument("--no-copy-index", action="store_true",
+                        help="ship no copies.bin (the training tweets' 8-word windows, hashed, with which "
+                             "tweetgen-run draws again a tweet that copies one)")
 
 
 def run_fetch(args: argparse.Namespace) -> dict[str, list]:
@@ -238,18 +243,19 @@ def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     from trainer.export import export_folder_info, export_model
     from trainer.pipeline import export_stage
 
-    int8, fp16 = not args.no_int8, not args.no_fp16
+    variants = dict(int8=not args.no_int8, fp16=not args.no_fp16, fp32=not args.no_fp32)
     with console.status("Exporting to ONNX, checking against PyTorch, making the variants..."):
         if getattr(args, "model", None) is not None:
             name = args.name or args.model.resolve().name
             report = export_model(args.model, args.out or Path("exported") / name,
-                                  info=export_folder_info(args.model, name), int8=int8, fp16=fp16)
+                                  info=export_folder_info(args.model, name), **variants)
         else:
             name = getattr(args, "model_name", None) or args.name
             if not name or args.workdir is None:
                 raise TweetgenError("export: give --model DIR (any Hugging Face causal-LM folder), or --workdir DIR "
                                     "and --name NAME of a trained run")
-            report = export_stage(args.workdir, name, args.out or Path("exported") / name, int8=int8, fp16=fp16)
+            report = export_stage(args.workdir, name, args.out or Path("exported") / name, **variants,
+                                  copy_index=not args.no_copy_index)
     tracker.log_model(report.out_dir, kind="onnx", metadata=report.to_json())
     console.print(f"exported to {report.out_dir}; try: tweetgen-run -m {report.out_dir} \"My dream is\"")
     return {"export": report.to_json()}
@@ -355,7 +361,8 @@ def _start_tracker(args: argparse.Namespace):
         return Tracker.start(config.report_to, name=args.model_name, config=asdict(config))
     if args.stage == "export":
         name = args.name or (args.model.resolve().name if args.model else "export")
-        config = {"model": str(args.model or ""), "int8": not args.no_int8, "fp16": not args.no_fp16}
+        config = {"model": str(args.model or ""), "int8": not args.no_int8, "fp16": not args.no_fp16,
+                  "fp32": not args.no_fp32}
         return Tracker.start(args.report_to, name=name, config=config, job_type="tweetgen-export")
     return Tracker()
 

@@ -69,9 +69,18 @@ def _target_lines(report: dict[str, Any]) -> list[str]:
         f"- memorized under {wanted['memorized_below']:.0%}: {_pct(report['memorization']['share'], 1)} "
         f"({report['memorization']['memorized']} of {report['memorization']['checked']}) — "
         f"{verdict[targets['memorization']]}; real held-out tweets: "
-        f"{_pct((report.get('real_memorization') or {}).get('share'), 1)} (people repeat their own phrases too)",
+        f"{_pct((report.get('real_memorization') or {}).get('share'), 1)} (people repeat their own phrases too)"
+        + _unfiltered(report),
         f"- distinct-2 at least {wanted['distinct_2_ratio']:.0%} of the real tweets': {_pct(ratio)} — "
         f"{verdict[targets['distinct_2']]}"]
+
+
+def _unfiltered(report: dict[str, Any]) -> str:
+    raw = report.get("unfiltered_memorization")
+    if not raw:
+        return ""
+    return (f". These tweets were generated as tweetgen-run does, with the copy index drawing copies again; without "
+            f"it (`--allow-copies`) {_pct(raw['share'], 1)} ({raw['memorized']} of {raw['checked']}) were memorized")
 
 
 def _lengths_table(report: dict[str, Any]) -> str:

@@ -70,6 +70,9 @@ class EvalReport:
     voice: VoiceScores | None  # None for a single-voice model (see notes)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each part
     notes: tuple[str, ...] = ()
+    # of as many tweets generated again with the same seeds but allow_copies=True; None when the folder ships
+    # no copy index (then `memorization` is already that)
+    unfiltered_memorization: MemorizationStats | None = None
 
     @property
     def distinct_2_ratio(self) -> float | None:
@@ -90,7 +93,9 @@ class EvalReport:
             "prompt": self.prompt, "users": {u: e.to_json() for u, e in self.users.items()},
             "voice": self.voice.to_json() if self.voice else None, "memorization": self.memorization.to_json(),
             "real_memorization": self.real_memorization.to_json(),
-            "generated": self.generated.to_json(), "real": self.real.to_json(),
+            "copy_index": self.unfiltered_memorization is not None,
+            "unfiltered_memorization": self.unfiltered_memorization.to_json() if self.unfiltered_memorization
+            else None, "generated": self.generated.to_json(), "real": self.real.to_json(),
             "distinct_2_ratio": self.distinct_2_ratio, "targets": self.targets,
             "target_values": {"voice_fraction": TARGET_VOICE_FRACTION, "memorized_below": TARGET_MEMORIZED,
                               "distinct_2_ratio": TARGET_DISTINCT_2},
@@ -143,6 +148,11 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
         notes.append("voice not measured: the model has " + ("one user" if voices else "a single voice"))
     memorization, real_memorization = _timed(seconds, "memorization", _memorization, train_texts, generated,
                                              real_all)
+    unfiltered = None
+    if generator.copy_index is not None:  # what the model writes without the copy check, as a measure of it
+        raw = _timed(seconds, "generate_unfiltered", _generate, generator, voices, samples, seed, prompt,
+                     allow_copies=True)
+        unfiltered = _total(_memorization(train_texts, raw, [])[0].values())
     clock = time.perf_counter()
     entries = {u: UserEval(
         perplexity=perplexities[u][0], perplexity_tokens=perplexities[u][1], real=TextStats.of(real[u]),
@@ -158,12 +168,14 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
     report = EvalReport(
         model=str(folder), variant=generator.model_path.name, samples=len(everything), seed=seed, prompt=prompt,
         users=entries, generated=overall[0], real=overall[1], memorization=_total(memorization.values()),
-        real_memorization=real_memorization, voice=voice, seconds=seconds, notes=tuple(notes))
+        real_memorization=real_memorization, unfiltered_memorization=unfiltered, voice=voice, seconds=seconds,
+        notes=tuple(notes))
     log.info("evaluated %s: %s", folder, json.dumps(report.targets))
     return report
 
 
-def _generate(generator, voices: list[str], samples: int, seed: int, prompt: str) -> dict[str, list[str]]:
+def _generate(generator, voices: list[str], samples: int, seed: int, prompt: str, allow_copies: bool = False
+              ) -> dict[str, list[str]]:
     """voice -> its tweets ("" for a single-voice model); batches of BATCH, each with its own derived seed."""
     keys = voices or [""]
     counts = [samples // len(keys) + (i < samples % len(keys)) for i in range(len(keys))]
@@ -173,7 +185,7 @@ def _generate(generator, voices: list[str], samples: int, seed: int, prompt: str
         for b, start in enumerate(range(0, count, BATCH)):
             batch_seed = int(np.random.SeedSequence([seed, k, b]).generate_state(1)[0])
             batch = generator.generate(prompt, min(BATCH, count - start), seed=batch_seed, user=voice or None,
-                                       max_chars=280)
+                                       max_chars=280, allow_copies=allow_copies)
             texts += [prompt + t for t in batch]
         out[voice] = texts
     return out

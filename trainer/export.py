@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
 from typing import Any
 
+from runtime.copies import FILE as COPY_INDEX_FILE
+from runtime.copies import CopyIndex
 from runtime.errors import TweetgenError
 from trainer import swap
 from trainer.card import render_card
@@ -29,7 +31,7 @@ __all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "expo
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # architectures names export accepts
-KEEP_FILES = ("model.onnx", "tokenizer.json", "config.json", "generation_config.json", "tweetgen.json", "README.md",
+KEEP_FILES = ("model.onnx", COPY_INDEX_FILE, "tokenizer.json", "config.json", "generation_config.json", "tweetgen.json", "README.md",
               # not read by tweetgen, but AutoTokenizer needs them to rebuild the right tokenizer for Optimum users
               "tokenizer_config.json", "special_tokens_map.json")
 VARIANT_FILES = ("model.onnx", "model_quantized.onnx", "model_fp16.onnx")
@@ -95,7 +97,8 @@ def export_folder_info(model_dir: str | Path, name: str) -> ExportInfo:
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo, eval_texts: list[str] | None = None,
-                 int8: bool = True, fp16: bool = True, fuse: bool = True, max_new_tokens: int = 16,
+                 int8: bool = True, fp16: bool = True, fp32: bool = True, fuse: bool = True,
+                 copy_texts: list[str] | None = None, max_new_tokens: int = 16,
                  progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export a Hugging Face causal LM folder to a tweetgen model folder, check it, and move it into place.
 
@@ -105,6 +108,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         info: names, users, prompt start, training details and sampling defaults to record.
         eval_texts: held-out texts (tweets) on which fp32 and int8 perplexities are compared; None skips it.
         int8, fp16: write model_quantized.onnx (CPU) and model_fp16.onnx (CUDA).
+        fp32: keep model.onnx in the folder (False: it is made and used for every check, then left out, e.g. to keep
+            a model folder small; needs int8 or fp16).
+        copy_texts: the training tweets: their 8-word windows are indexed into copies.bin, with which the runtime
+            draws again any text that copies one (runtime.copies). None: no index.
         fuse: rebuild a GPT-2 graph with onnxruntime's fused operators (trainer.fuse; checked against PyTorch like
             Optimum's); other architectures keep Optimum's graph. False keeps Optimum's graph for GPT-2 too.
         max_new_tokens: tokens decoded greedily per prompt in the parity check.
@@ -120,14 +127,24 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
     model_dir, out_dir = Path(model_dir).expanduser(), Path(out_dir).expanduser()
     if not model_dir.is_dir():
         raise ExportError(f"model folder {str(model_dir)!r} does not exist or is not a folder")
+    if not (fp32 or int8 or fp16):
+        raise ExportError("the folder would hold no model: keep fp32, or make int8 or fp16")
     config = check_causal_lm(model_dir)
     _check_destination(out_dir, source=model_dir)
     swap.remove_stale_temps(out_dir)
     tmp = None
     try:
         tmp = swap.make_temp(out_dir)
-        report = _build(model_dir, config, tmp, info, eval_texts, int8, fp16, fuse, max_new_tokens,
-                        progress or _log_step)
+        progress = progress or _log_step
+        report = _build(model_dir, config, tmp, info, eval_texts, int8, fp16, fuse, max_new_tokens, progress)
+        if copy_texts is not None:
+            progress("indexing the training tweets' 8-word windows")
+            index = CopyIndex.of_texts(copy_texts)
+            index.save(tmp / COPY_INDEX_FILE)
+            report = _replace(report, copy_index_windows=len(index))
+        if not fp32:
+            for path in tmp.glob("model.onnx*"):  # the graph and any external data beside it
+                path.unlink()
         report = _finish(tmp, info, report, out_dir, time.perf_counter() - started)
         swap.swap_into_place(tmp, out_dir)
     except OSError as exc:

@@ -17,26 +17,18 @@ runtime never imports the trainer (an app that has the training tweets can use i
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from runtime.copies import NGRAM_WORDS, ngram_hashes, word_hash, words
+
 log = logging.getLogger(__name__)
-NGRAM_WORDS = 8  # this many consecutive words shared with a training tweet make a copy
 NEAR_DUPLICATE_JACCARD = 0.8  # character 5-gram Jaccard similarity at or above which two tweets are near-duplicates
 CHAR_NGRAM = 5
 RARE_WORDS = 3  # a near-duplicate candidate must hold 2 of the text's 3 rarest known words (1 if it has only 1)
-_WORD = re.compile(r"[\w@#']+")
-_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant of the polynomial hash
-
-
-def words(text: str) -> list[str]:
-    """Lowercased word tokens: letters, digits, @names, #tags and apostrophes; punctuation and emoji dropped."""
-    return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
 @dataclass(frozen=True)
@@ -64,11 +56,11 @@ class MemorizationIndex:
         for ws in tokens:
             for w in ws:
                 self._vocab.setdefault(w, len(self._vocab))
-        self._hashes = np.array([_word_hash(w) for w in self._vocab], dtype=np.uint64)  # (V,) by word id
+        self._hashes = np.array([word_hash(w) for w in self._vocab], dtype=np.uint64)  # (V,) by word id
         ids = np.fromiter((self._vocab[w] for ws in tokens for w in ws), dtype=np.int64)  # (N,) all words in a row
         tweet_of = np.repeat(np.arange(len(texts)), [len(ws) for ws in tokens])  # (N,) tweet of each word
         # a window of 8 words counts only when it starts and ends in the same tweet
-        windows = _ngram_hashes(self._hashes[ids])
+        windows = ngram_hashes(self._hashes[ids])
         same = tweet_of[:len(windows)] == tweet_of[NGRAM_WORDS - 1:]
         self.ngram_hashes = _sorted_unique(windows[same])  # sorted (H,) uint64: what a runtime could ship
         self._build_postings(ids, tweet_of, len(texts))
@@ -98,7 +90,7 @@ class MemorizationIndex:
         return self.match(text).memorized
 
     def _has_ngram(self, ids: np.ndarray) -> bool:
-        query = _ngram_hashes(self._hashes[ids])
+        query = ngram_hashes(self._hashes[ids])
         if not len(query) or not len(self.ngram_hashes):
             return False
         found = np.minimum(np.searchsorted(self.ngram_hashes, query), len(self.ngram_hashes) - 1)
@@ -182,24 +174,6 @@ def generate_fresh(generator, index: MemorizationIndex, prompt: str, n: int = 1,
 
 def _derived_seed(seed: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
-
-
-def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-_EMPTY = np.zeros(0, dtype=np.uint64)
-
-
-def _ngram_hashes(hashes: np.ndarray) -> np.ndarray:
-    """The hash of every run of NGRAM_WORDS consecutive words. hashes: (W,) uint64 word hashes -> (W - 7,)."""
-    count = len(hashes) - NGRAM_WORDS + 1
-    if count <= 0:
-        return _EMPTY
-    out = np.zeros(count, dtype=np.uint64)
-    for k in range(NGRAM_WORDS):  # uint64 arithmetic wraps around: a polynomial hash mod 2**64
-        out = out * _MULTIPLIER + hashes[k:k + count]
-    return out
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
