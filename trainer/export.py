@@ -23,7 +23,7 @@ from runtime.errors import TweetgenError
 from trainer import swap
 from trainer.card import render_card
 from trainer.fuse import can_fuse, fused_gpt2, weights_of_folder
-from trainer.quantize import convert_fp16, is_large, quantize_int8, save_onnx
+from trainer.quantize import INT8_METHODS, convert_fp16, is_large, quantize_int8, save_onnx
 from trainer.report import ExportReport
 
 __all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "export_folder_info", "export_model"]
@@ -98,7 +98,7 @@ def export_folder_info(model_dir: str | Path, name: str) -> ExportInfo:
 
 def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo, eval_texts: list[str] | None = None,
                  int8: bool = True, fp16: bool = True, fp32: bool = True, fuse: bool = True,
-                 copy_texts: list[str] | None = None, max_new_tokens: int = 16,
+                 copy_texts: list[str] | None = None, int8_method: str | None = None, max_new_tokens: int = 16,
                  progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export a Hugging Face causal LM folder to a tweetgen model folder, check it, and move it into place.
 
@@ -110,6 +110,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         int8, fp16: write model_quantized.onnx (CPU) and model_fp16.onnx (CUDA).
         fp32: keep model.onnx in the folder (False: it is made and used for every check, then left out, e.g. to keep
             a model folder small; needs int8 or fp16).
+        int8_method: None picks the int8 kind: "per_tensor" when eval_texts show it within INT8_TOLERANCE of fp32,
+            else "blockwise"; or force one of trainer.quantize.INT8_METHODS (no perplexity check without eval_texts).
         copy_texts: the training tweets: their 8-word windows are indexed into copies.bin, with which the runtime
             draws again any text that copies one (runtime.copies). None: no index.
         fuse: rebuild a GPT-2 graph with onnxruntime's fused operators (trainer.fuse; checked against PyTorch like
@@ -129,6 +131,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         raise ExportError(f"model folder {str(model_dir)!r} does not exist or is not a folder")
     if not (fp32 or int8 or fp16):
         raise ExportError("the folder would hold no model: keep fp32, or make int8 or fp16")
+    if int8_method is not None and int8_method not in INT8_METHODS:
+        raise ValueError(f"int8_method must be None or one of {', '.join(INT8_METHODS)}, not {int8_method!r}")
     config = check_causal_lm(model_dir)
     _check_destination(out_dir, source=model_dir)
     swap.remove_stale_temps(out_dir)
@@ -136,7 +140,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
     try:
         tmp = swap.make_temp(out_dir)
         progress = progress or _log_step
-        report = _build(model_dir, config, tmp, info, eval_texts, int8, fp16, fuse, max_new_tokens, progress)
+        report = _build(model_dir, config, tmp, info, eval_texts, int8 and (int8_method or "auto"), fp16, fuse,
+                        max_new_tokens, progress)
         if copy_texts is not None:
             progress("indexing the training tweets' 8-word windows")
             index = CopyIndex.of_texts(copy_texts)
@@ -169,8 +174,9 @@ def _check_destination(out_dir: Path, *, source: Path) -> None:
                           "choose another output folder")
 
 
-def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: list[str] | None, int8: bool,
+def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: list[str] | None, int8: str | bool,
            fp16: bool, fuse: bool, max_new_tokens: int, progress: Callable[[str], None]) -> ExportReport:
+    """int8: False, "auto" or an int8 method."""
     from trainer.parity import max_logit_diff
 
     progress("exporting to ONNX with Optimum")
@@ -193,7 +199,7 @@ def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: lis
                           graph=graph)
     if int8:
         progress("quantizing to int8")
-        report = _add_int8(tmp, report, eval_texts)
+        report = _add_int8(tmp, report, eval_texts, int8)
     if fp16:
         progress("converting to fp16")
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
@@ -246,15 +252,18 @@ def _write_folder_info(model_dir: Path, config, tmp: Path, info: ExportInfo) -> 
     (tmp / "tweetgen.json").write_text(json.dumps(tweetgen, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None) -> ExportReport:
-    """The int8 variant: the faster per-tensor kind when held-out texts show it within tolerance, else blockwise."""
+def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None, method: str) -> ExportReport:
+    """The int8 variant: `method`, or ("auto") the faster per-tensor kind when held-out texts show it within
+    tolerance, else blockwise."""
     from trainer.perplexity import perplexity
 
     int8_path = tmp / "model_quantized.onnx"
     if not eval_texts:  # nothing to check the faster kind against: take the one that is accurate everywhere
-        return _replace(report, int8_linear_layers=quantize_int8(tmp / "model.onnx", int8_path, method="blockwise"))
+        method = "blockwise" if method == "auto" else method
+        return _replace(report, int8_method=method,
+                        int8_linear_layers=quantize_int8(tmp / "model.onnx", int8_path, method=method))
     fp32 = perplexity(tmp / "model.onnx", eval_texts)
-    for method in ("per_tensor", "blockwise"):
+    for method in ("per_tensor", "blockwise") if method == "auto" else (method,):
         count = quantize_int8(tmp / "model.onnx", int8_path, method=method)
         quantized = perplexity(int8_path, eval_texts)
         report = _replace(report, int8_linear_layers=count, int8_method=method, perplexity_fp32=fp32.perplexity,
