@@ -47,13 +47,14 @@ class ModelFolder:
     info: dict[str, Any] = field(default_factory=dict)  # the whole tweetgen.json
 
     def variant_path(self, precision: str, device: str) -> Path:
-        """The ONNX file to run: `precision` "auto" takes int8 on CPU and fp16 on CUDA when present, else fp32."""
+        """The ONNX file to run: `precision` "auto" takes int8 on CPU and fp16 on CUDA when present, else fp32, else
+        whichever variant the folder has."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-        if precision == "auto":
-            preferred = "fp16" if device == "cuda" else "int8"
-            path = self.path / VARIANTS[preferred]
-            return path if path.is_file() else self.path / VARIANTS["fp32"]
+        if precision == "auto":  # the first of these the folder has (read_folder made sure it has one)
+            order = ("fp16", "fp32", "int8") if device == "cuda" else ("int8", "fp32", "fp16")
+            return next((self.path / VARIANTS[p] for p in order if (self.path / VARIANTS[p]).is_file()),
+                        self.path / VARIANTS["fp32"])
         path = self.path / VARIANTS[precision]
         if not path.is_file():
             present = [name for name, file in VARIANTS.items() if (self.path / file).is_file()]

@@ -80,6 +80,11 @@ def test_precision_picks_the_variant(copy):
     assert Generator.load(folder, precision="fp32").model_path.name == "model.onnx"
     with pytest.raises(ValueError, match="precision must be one of"):
         Generator.load(folder, precision="int4")
+    (folder / "model.onnx").unlink()  # an int8-only folder (export --no-fp32 --no-fp16), on any device
+    assert read_folder(folder).variant_path("auto", "cuda").name == "model_quantized.onnx"
+    assert Generator.load(folder, precision="auto", device="cpu").model_path.name == "model_quantized.onnx"
+    with pytest.raises(ModelFolderError, match="no model.onnx.*available: int8"):
+        Generator.load(folder, precision="fp32")
 
 
 def test_layer_count_is_cross_checked_with_config(copy):
