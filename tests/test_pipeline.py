@@ -87,7 +87,12 @@ def test_stages_alone_reuse_what_the_earlier_ones_left(cyborg, capsys):
     tmp, out = cyborg
     again = tmp / "exported" / "again"
     assert main(["export", "--workdir", str(tmp / "work"), "--name", "cyborg", "--out", str(again), "--no-fp16",
-                 "--no-fp32", "--no-copy-index"]) == 0
+                 "--no-fp32", "--no-copy-index", "--temperature", "0.8", "--repetition-penalty", "1.1"]) == 0
+    generation = json.loads((again / "generation_config.json").read_text())
+    assert generation["temperature"] == 0.8 and generation["repetition_penalty"] == 1.1 and generation["top_p"] == 0.95
+    assert main(["export", "--workdir", str(tmp / "work"), "--name", "cyborg", "--out", str(again), "--top-p",
+                 "1.5"]) == 1
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
     assert Generator.load(again).users == ["alice", "bob"]
     assert sorted(p.name for p in again.glob("model*")) == ["model_quantized.onnx"]  # fp32 checked, then left out
     assert not (again / "copies.bin").exists() and Generator.load(again).copy_index is None

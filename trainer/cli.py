@@ -171,6 +171,12 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fp16", action="store_true", help="skip model_fp16.onnx (for GPUs)")
     parser.add_argument("--no-fp32", action="store_true",
                         help="leave model.onnx out of the folder once every check has used it (a smaller folder)")
+    group = parser.add_argument_group("the model's sampling defaults (generation_config.json; tweetgen-run's -t -k -p "
+                                      "override them)")
+    group.add_argument("--temperature", type=float, help="default: 1.0")
+    group.add_argument("--top-k", type=int, help="default: 50")
+    group.add_argument("--top-p", type=float, help="default: 0.95")
+    group.add_argument("--repetition-penalty", type=float, help="default: 1.0 (none)")
     parser.add_argument("--no-copy-index", action="store_true",
                         help="ship no copies.bin (the training tweets' 8-word windows, hashed, with which "
                              "tweetgen-run draws again a tweet that copies one)")
@@ -238,24 +244,41 @@ def run_train(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     return {"train": result.to_json()}
 
 
+def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling defaults given on the command line, checked (runtime.sampling's rules)."""
+    from runtime.sampling import SamplingParams
+
+    given = {key: getattr(args, key) for key in ("temperature", "top_k", "top_p", "repetition_penalty")
+             if getattr(args, key, None) is not None}
+    try:
+        SamplingParams(**given)
+    except ValueError as exc:
+        raise TweetgenError(f"sampling defaults: {exc}") from None
+    if given.get("temperature") == 0:  # greedy by default
+        given["do_sample"] = False
+    return given
+
+
 def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Export a trained run of the work folder, or any Hugging Face causal-LM folder (--model)."""
     from trainer.export import export_folder_info, export_model
     from trainer.pipeline import export_stage
 
     variants = dict(int8=not args.no_int8, fp16=not args.no_fp16, fp32=not args.no_fp32)
+    sampling = sampling_defaults(args)
     with console.status("Exporting to ONNX, checking against PyTorch, making the variants..."):
         if getattr(args, "model", None) is not None:
             name = args.name or args.model.resolve().name
-            report = export_model(args.model, args.out or Path("exported") / name,
-                                  info=export_folder_info(args.model, name), **variants)
+            info = export_folder_info(args.model, name)
+            info.sampling.update(sampling)
+            report = export_model(args.model, args.out or Path("exported") / name, info=info, **variants)
         else:
             name = getattr(args, "model_name", None) or args.name
             if not name or args.workdir is None:
                 raise TweetgenError("export: give --model DIR (any Hugging Face causal-LM folder), or --workdir DIR "
                                     "and --name NAME of a trained run")
             report = export_stage(args.workdir, name, args.out or Path("exported") / name, **variants,
-                                  copy_index=not args.no_copy_index)
+                                  copy_index=not args.no_copy_index, sampling=sampling)
     tracker.log_model(report.out_dir, kind="onnx", metadata=report.to_json())
     console.print(f"exported to {report.out_dir}; try: tweetgen-run -m {report.out_dir} \"My dream is\"")
     return {"export": report.to_json()}

@@ -95,18 +95,21 @@ def validation_texts(workdir: Path, name: str, limit: int = 300) -> list[str]:
 
 
 def export_stage(workdir: Path, name: str, out: Path, *, int8: bool = True, fp16: bool = True,
-                 fp32: bool = True, copy_index: bool = True):
+                 fp32: bool = True, copy_index: bool = True, sampling: dict | None = None):
     """Export the finished run `runs/<name>/model` of the work folder to `out`; returns the ExportReport.
 
     copy_index: ship copies.bin, the index of the training tweets' 8-word windows (runtime.copies).
+    sampling: sampling defaults to write over DEFAULT_SAMPLING (temperature, top_k, top_p, repetition_penalty).
     """
     from .evaluate import split_texts
     from .export import export_model
 
     model_dir = run_dir(workdir, name) / "model"
     copy_texts = [t for ts in split_texts(workdir, name)[0].values() for t in ts] if copy_index else None
-    report = export_model(model_dir, out, info=export_info(workdir, name), eval_texts=validation_texts(workdir, name),
-                          int8=int8, fp16=fp16, fp32=fp32, copy_texts=copy_texts)
+    info = export_info(workdir, name)
+    info.sampling.update(sampling or {})
+    report = export_model(model_dir, out, info=info, eval_texts=validation_texts(workdir, name), int8=int8,
+                          fp16=fp16, fp32=fp32, copy_texts=copy_texts)
     curve = run_dir(workdir, name) / "loss.png"
     if curve.is_file():  # the training loss curve, beside the model card
         shutil.copy2(curve, Path(out) / "loss.png")
