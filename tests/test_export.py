@@ -209,6 +209,15 @@ def test_a_model_that_is_not_a_causal_lm_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_export_without_a_model_file_or_with_an_unknown_int8_kind_is_refused(tmp_path):
+    model = FIXTURES / "tiny_gpt2_hf"
+    with pytest.raises(ExportError, match="would hold no model"):
+        export_model(model, tmp_path / "out", info=ExportInfo(name="x"), fp32=False, int8=False, fp16=False)
+    with pytest.raises(ValueError, match="int8_method must be None or one of blockwise, per_tensor"):
+        export_model(model, tmp_path / "out", info=ExportInfo(name="x"), int8_method="int4")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_folder_that_is_not_a_model_folder_is_refused(tmp_path):
     precious = tmp_path / "photos"
     precious.mkdir()
