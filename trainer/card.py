@@ -35,7 +35,7 @@ def render_card(*, name: str, users: dict[str, dict[str, Any]], base_model: str,
         _data_section(users),
         _training_section(base_model, training, evaluation),
         _export_section(export),
-        _usage_section(name, users, prompt_start),
+        _usage_section(name, users, prompt_start, fused=export.get("graph") == "fused"),
         _limitations_section(users),
     ]
     return "\n\n".join(section.strip("\n") for section in sections) + "\n"
@@ -131,11 +131,10 @@ def _export_section(export: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _usage_section(name: str, users: dict[str, Any], prompt_start: str) -> str:
+def _usage_section(name: str, users: dict[str, Any], prompt_start: str, *, fused: bool = False) -> str:
     user = next(iter(users), None)
     prefix = (users[user].get("prefix") or "") if user else ""
     user_flag, user_arg = (f" --user {user}", f", user={_py(user)}") if user else ("", "")
-    prompt = prompt_start + prefix + "My dream is"
     return f"""## How to use
 
 With tweetgen's runtime (numpy, onnxruntime and tokenizers; no torch):
@@ -151,8 +150,18 @@ gen = Generator.load("exported/{name}")  # int8 on CPU, fp16 on CUDA
 print(gen.generate("My dream is", n=3, seed=0{user_arg}))
 ```
 
-With Optimum (`pip install optimum-onnx[onnxruntime]`); the prompt starts with what tweetgen puts before every
-prompt ({_py(prompt_start + prefix)}):
+{_optimum_usage(name, prompt_start + prefix) if not fused else _FUSED_USAGE}"""
+
+
+_FUSED_USAGE = """The ONNX graph is tweetgen's own GPT-2 graph (onnxruntime's fused operators, the KV cache written in
+place), which tweetgen's runtime drives; Optimum's ORTModelForCausalLM cannot (export with Optimum's graph for that:
+`trainer.export.export_model(..., fuse=False)`)."""
+
+
+def _optimum_usage(name: str, start: str) -> str:
+    prompt = start + "My dream is"
+    return f"""With Optimum (`pip install optimum-onnx[onnxruntime]`); the prompt starts with what tweetgen puts \
+before every prompt ({_py(start)}):
 
 ```python
 from optimum.onnxruntime import ORTModelForCausalLM

@@ -44,7 +44,7 @@ class TrainResult:
     perplexity_before: float  # validation perplexity of the base model
     perplexity_after: float  # validation perplexity of the fine-tuned model
     train_tokens: int  # tokens the model was trained on, repeats of epochs included
-    wall_seconds: float  # time spent in the training loop
+    wall_seconds: float  # time spent in the training loop by this process (a resumed run: since the resume)
     tokens_per_second: float
     epochs: float  # epochs actually run (early stopping may end sooner)
     steps: int
@@ -109,6 +109,7 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
     before = _perplexity(trainer.evaluate(metric_key_prefix="before"), "before_loss")
     if config.early_stopping > 0:  # added after the "before" evaluation, which is not one of the run's
         trainer.add_callback(EarlyStoppingCallback(config.early_stopping))
+    resumed_at = _last_checkpoint_epoch(checkpoints) if resume else 0.0
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(checkpoints))
     wall = time.perf_counter() - started
@@ -119,7 +120,9 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
     trained = int(real_tokens * epochs)
     result = TrainResult(
         model_dir=run_dir / "model", perplexity_before=before, perplexity_after=after, train_tokens=trained,
-        wall_seconds=wall, tokens_per_second=trained / wall if wall else 0.0, epochs=epochs,
+        # speed of this process only: a resumed run's earlier part ran elsewhere, at its own speed
+        wall_seconds=wall, tokens_per_second=real_tokens * (epochs - resumed_at) / wall if wall else 0.0,
+        epochs=epochs,
         steps=int(output.global_step), separator=separator)
     if trainer.is_world_process_zero():
         _save_outputs(trainer, tokenizer, config, result, run_dir)
@@ -147,6 +150,15 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> Path:
         shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run's checkpoints: a new run replaces them
     run_dir.mkdir(parents=True, exist_ok=True)
     return checkpoints
+
+
+def _last_checkpoint_epoch(folder: Path) -> float:
+    """The epoch the newest checkpoint reached (0.0 without one): where a resumed run starts."""
+    states = [p / "trainer_state.json" for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not states:
+        return 0.0
+    newest = max(states, key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]))
+    return float(json.loads(newest.read_text(encoding="utf-8")).get("epoch") or 0.0)
 
 
 def _has_checkpoint(folder: Path) -> bool:
