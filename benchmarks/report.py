@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -116,6 +117,12 @@ def perplexity_check(models: list[ModelSet], texts_path: Path | None) -> dict:
 
     out = {}
     for m in trained:
+        if not (Path(m.onnx) / "model.onnx").is_file():  # e.g. the default model ships int8 only
+            info = Path(m.onnx) / "tweetgen.json"
+            export = json.loads(info.read_text(encoding="utf-8")).get("export") or {} if info.is_file() else {}
+            out[m.name] = {"note": "no model.onnx in the folder to compare with; the export's own check: "
+                                   + json.dumps(export.get("int8"))}
+            continue
         fp32 = perplexity(Path(m.onnx) / "model.onnx", texts).perplexity
         int8 = perplexity(Path(m.onnx) / "model_quantized.onnx", texts).perplexity
         relative = int8 / fp32 - 1

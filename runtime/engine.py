@@ -38,6 +38,7 @@ class GraphSpec:
     cache_dtype: type  # numpy dtype of the KV cache
     has_seqlens: bool = False  # GroupQueryAttention inputs seqlens_k and total_sequence_length (trainer.fuse)
     vocab_size: int | None = None  # the logits' last dimension, when the graph fixes it
+    has_logits_start: bool = False  # input logits_start: logits only from this position on (trainer.fuse)
 
     @property
     def layers(self) -> int:
@@ -53,9 +54,18 @@ def step_feeds(spec: GraphSpec, ids: np.ndarray, past_length: int) -> dict[str, 
     if spec.has_position_ids:
         positions = np.arange(past_length, past_length + new, dtype=np.int64)
         feeds["position_ids"] = np.broadcast_to(positions, (batch, new)).copy()
+    if spec.has_logits_start:  # every position's logits (see last_logits_only)
+        feeds["logits_start"] = np.zeros(1, dtype=np.int64)
     if spec.has_seqlens:
         feeds["seqlens_k"] = np.full(batch, past_length + new - 1, dtype=np.int32)
         feeds["total_sequence_length"] = np.array(past_length + new, dtype=np.int32)
+    return feeds
+
+
+def last_logits_only(spec: GraphSpec, feeds: dict[str, np.ndarray], new: int) -> dict[str, np.ndarray]:
+    """Ask a graph that can for the logits of the last of `new` positions only (the only ones decoding needs)."""
+    if spec.has_logits_start:  # given at every step: an IO binding keeps what it was last given
+        feeds["logits_start"] = np.array([new - 1], dtype=np.int64)
     return feeds
 
 
@@ -91,6 +101,7 @@ def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
         has_attention_mask="attention_mask" in inputs, has_position_ids="position_ids" in inputs,
         kv_heads=int(kv_heads), head_dim=int(head_dim), cache_dtype=_DTYPES[first.type],
         has_seqlens="seqlens_k" in inputs and "total_sequence_length" in inputs,
+        has_logits_start="logits_start" in inputs,
         vocab_size=vocab if isinstance(vocab := logits_shape[-1], int) else None)
 
 
@@ -193,7 +204,7 @@ class Engine:
         return [np.zeros(shape, dtype=self.spec.cache_dtype)] * len(self.spec.past_names)
 
     def _feeds(self, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
-        return step_feeds(self.spec, ids, past_length)
+        return last_logits_only(self.spec, step_feeds(self.spec, ids, past_length), ids.shape[1])
 
     def _forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
         """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V)."""
@@ -255,12 +266,13 @@ class _InPlaceRuns:
                 binding.bind_output(present_name, "cpu", 0, buffer.dtype.type, list(buffer.shape),
                                     buffer.ctypes.data)
             self.bound = past
-        self.feeds = step_feeds(spec, ids, past_length)  # kept alive while bound
+        self.feeds = last_logits_only(spec, step_feeds(spec, ids, past_length), ids.shape[1])  # alive while bound
         for name, value in self.feeds.items():
             binding.bind_cpu_input(name, value)
         logits = None
         if spec.vocab_size is not None:  # written straight into an array of ours
-            logits = np.empty((*ids.shape, spec.vocab_size), dtype=spec.cache_dtype)
+            rows = 1 if "logits_start" in self.feeds else ids.shape[1]
+            logits = np.empty((ids.shape[0], rows, spec.vocab_size), dtype=spec.cache_dtype)
             binding.bind_output("logits", "cpu", 0, logits.dtype.type, list(logits.shape), logits.ctypes.data)
         else:
             binding.bind_output("logits", "cpu")

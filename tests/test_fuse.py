@@ -20,6 +20,8 @@ def run(session, ids, past, past_length, layers):
              "position_ids": np.broadcast_to(np.arange(past_length, past_length + new), (batch, new)).copy()}
     if "attention_mask" in names:
         feeds["attention_mask"] = np.ones((batch, past_length + new), np.int64)
+    if "logits_start" in names:
+        feeds["logits_start"] = np.zeros(1, np.int64)
     if "seqlens_k" in names:
         feeds["seqlens_k"] = np.full(batch, past_length + new - 1, np.int32)
         feeds["total_sequence_length"] = np.array(past_length + new, np.int32)
@@ -73,7 +75,8 @@ def test_the_fused_graph_is_small_and_keeps_the_runtime_interface(graphs):
     ops = {n.op_type for n in model.graph.node}
     assert {"GroupQueryAttention", "FastGelu", "LayerNormalization"} <= ops
     optimum_inputs = {i.name for i in optimum.get_inputs()} - {"attention_mask"}
-    assert {i.name for i in fused.get_inputs()} == optimum_inputs | {"seqlens_k", "total_sequence_length"}
+    assert {i.name for i in fused.get_inputs()} == optimum_inputs | {"seqlens_k", "total_sequence_length",
+                                                                     "logits_start"}
     assert [o.name for o in fused.get_outputs()] == [o.name for o in optimum.get_outputs()]
 
 
@@ -145,3 +148,18 @@ def test_a_graph_without_seqlens_cannot_share_its_cache():
     assert not generator.engine.shared_cache
     with pytest.raises(ValueError, match="seqlens_k"):
         engine_like(generator, shared_cache=True)
+
+
+def test_logits_start_gives_the_last_positions_only(graphs):
+    config, _, (_, fused) = graphs
+    layers, heads, size = config["n_layer"], config["n_head"], config["n_embd"] // config["n_head"]
+    prompt = np.random.default_rng(1).integers(0, config["vocab_size"], (2, 6)).astype(np.int64)
+    empty = [np.zeros((2, heads, 0, size), np.float32)] * (2 * layers)
+    every, cache = run(fused, prompt, empty, 0, layers)
+    feeds = {"input_ids": prompt, "position_ids": np.broadcast_to(np.arange(6), (2, 6)).copy(),
+             "seqlens_k": np.full(2, 5, np.int32), "total_sequence_length": np.array(6, np.int32),
+             "logits_start": np.array([5], np.int64)}
+    feeds.update({f"past_key_values.{i}.{kind}": empty[0] for i in range(layers) for kind in ("key", "value")})
+    last, *last_cache = fused.run(None, feeds)
+    assert last.shape == (2, 1, config["vocab_size"]) and np.abs(last[:, 0] - every[:, -1]).max() < 1e-5
+    assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(last_cache, cache))
