@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from . import copies
+from .copies import FILE as COPY_INDEX_FILE
 from .copies import CopyIndex
 from .engine import MAX_SAMPLES, Engine, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
@@ -137,15 +137,12 @@ class Generator:
             return out
         # the prompt's own words count only when it does not copy a training tweet by itself
         whole = not self.copy_index.copies(prompt)
-        fresh = [t for t in out if not self.copy_index.copies(prompt + t if whole else t)]
-        for attempt in range(1, COPY_ATTEMPTS):
-            if len(fresh) == n:
-                break
-            retry_seed = None if seed is None else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
-            out = self._generate_once(prompt, n - len(fresh), *options, retry_seed, user, max_chars, stop_at_newline)
-            fresh += [t for t in out if not self.copy_index.copies(prompt + t if whole else t)]
-        if len(fresh) < n:
-            log.warning("%d of %d texts still copied a training tweet after %d draws: left out", n - len(fresh), n,
+        fresh, dropped = redraw_copies(
+            lambda count, draw_seed: self._generate_once(prompt, count, *options, draw_seed, user, max_chars,
+                                                         stop_at_newline),
+            out, lambda t: self.copy_index.copies(prompt + t if whole else t), n, seed, COPY_ATTEMPTS)
+        if dropped:
+            log.warning("%d of %d texts still copied a training tweet after %d draws: left out", dropped, n,
                         COPY_ATTEMPTS)
         return fresh
 
@@ -223,8 +220,22 @@ class Generator:
             text.finish()
 
 
+def redraw_copies(draw: Callable[[int, int | None], list[str]], first: list[str], is_copy: Callable[[str], bool],
+                  n: int, seed: int | None, attempts: int) -> tuple[list[str], int]:
+    """Keep the texts of `first` that are not copies and draw the others again with `draw(count, seed)`, up to
+    `attempts` draws in all (the first included); each retry's seed is derived from `seed` and the attempt (None
+    stays None). Returns (the texts kept, how many were left out)."""
+    fresh = [t for t in first if not is_copy(t)]
+    for attempt in range(1, attempts):
+        if len(fresh) == n:
+            break
+        retry_seed = None if seed is None else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
+        fresh += [t for t in draw(n - len(fresh), retry_seed) if not is_copy(t)]
+    return fresh, n - len(fresh)
+
+
 def _read_copy_index(folder: Path) -> CopyIndex | None:
-    path = folder / copies.FILE
+    path = folder / COPY_INDEX_FILE
     if not path.is_file():
         return None
     try:

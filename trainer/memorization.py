@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from runtime.copies import NGRAM_WORDS, ngram_hashes, word_hash, words
+from runtime.generator import redraw_copies
 
 log = logging.getLogger(__name__)
 NEAR_DUPLICATE_JACCARD = 0.8  # character 5-gram Jaccard similarity at or above which two tweets are near-duplicates
@@ -159,21 +160,14 @@ def generate_fresh(generator, index: MemorizationIndex, prompt: str, n: int = 1,
     """
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ValueError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
-    fresh: list[str] = []
-    wanted = n
-    for attempt in range(max_attempts):
-        attempt_seed = seed if attempt == 0 or seed is None else _derived_seed(seed, attempt)
-        texts = generator.generate(prompt, wanted, seed=attempt_seed, **kwargs)
-        fresh += [t for t in texts if not index.is_memorized(t)]
-        wanted = n - len(fresh)
-        if wanted == 0:
-            return fresh
-    log.warning("%d of %d texts still copied a training tweet after %d attempts: dropped", wanted, n, max_attempts)
+    def draw(count: int, draw_seed: int | None) -> list[str]:
+        return generator.generate(prompt, count, seed=draw_seed, **kwargs)
+
+    fresh, dropped = redraw_copies(draw, draw(n, seed), index.is_memorized, n, seed, max_attempts)
+    if dropped:
+        log.warning("%d of %d texts still copied a training tweet after %d attempts: dropped", dropped, n,
+                    max_attempts)
     return fresh
-
-
-def _derived_seed(seed: int, attempt: int) -> int:
-    return int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
