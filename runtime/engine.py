@@ -160,9 +160,17 @@ class Engine:
         if self.io_binding:
             # The cache lives on the device and cannot be copied row-wise there: run the prompt as n rows at once.
             logits, past = forward(np.repeat(prompt[None, :], n, axis=0), self._empty_past(n), 0)
+        elif self.shared_cache:
+            # The n rows' buffers, for every position ever cached; the prompt runs once, into row 0's (a contiguous
+            # view), and only its positions are copied to the other rows.
+            past = self._empty_past(n, len(prompt) + max_new_tokens - 1)
+            logits, _ = forward(prompt[None, :], [p[:1] for p in past], 0)  # (1, V)
+            if n > 1:
+                logits = np.repeat(logits, n, axis=0)
+                for buffer in past:
+                    buffer[1:, :, :len(prompt)] = buffer[:1, :, :len(prompt)]
         else:
-            capacity = len(prompt) + max_new_tokens - 1 if self.shared_cache else 0  # positions ever cached
-            logits, past = forward(prompt[None, :], self._empty_past(1, capacity), 0)  # (1, V), [(1, kv, T, hd)]
+            logits, past = forward(prompt[None, :], self._empty_past(1), 0)  # (1, V), [(1, kv, T, hd)]
             if n > 1:
                 logits = np.repeat(logits, n, axis=0)
                 past = [np.repeat(p, n, axis=0) for p in past]  # (n, kv, T, hd): the prompt was run once

@@ -77,3 +77,20 @@ def test_top_k_indices_are_the_k_largest(batch, vocab, k):
     assert got.shape == (batch, k)
     expected = np.argpartition(logits, vocab - k, axis=-1)[:, vocab - k:]
     assert (np.sort(got, axis=-1) == np.sort(expected, axis=-1)).all()
+
+
+def test_top_k_indices_break_ties_by_the_lower_index():
+    logits = np.zeros((2, 50257), dtype=np.float32)  # every logit ties
+    logits[1, 40000:] = -np.inf
+    logits[1, 7] = 1.0
+    got = np.sort(top_k_indices(logits, 50), axis=-1)
+    assert (got[0] == np.arange(50)).all()
+    assert (got[1] == np.arange(50)).all()  # index 7 (the largest) and the 49 lowest of the tied rest
+
+
+def test_top_k_indices_of_a_row_with_nan_still_returns_k_columns():
+    logits = (np.random.default_rng(1).standard_normal((2, 8192)) * 3).astype(np.float32)
+    logits[1, ::2] = np.nan
+    got = top_k_indices(logits, 50)
+    assert got.shape == (2, 50)
+    assert (np.sort(got[0]) == np.sort(np.argpartition(logits[0], 8192 - 50)[8192 - 50:])).all()
