@@ -33,21 +33,36 @@ class TweetText:
         self._max_chars = max_chars
         self._stop_at_newline = stop_at_newline
         self._ids: list[int] = []
+        self._decoded = 0  # how many of the ids `_text` holds
         self._text = ""
+        self._bound = 0  # at least the length of the decoded text (see add)
         self.done = False
         self.released = 0  # characters of the final text already handed out
 
     def add(self, token: int) -> None:
-        """Append a token; sets `done` when the text is past its limit or hit a newline that ends it."""
+        """Append a token; sets `done` when the text is past its limit or hit a newline that ends it.
+
+        The text is decoded only when a limit may have been reached: a token never decodes to more characters than
+        its vocabulary entry has plus one (a joining space), so the text is checked once that bound passes
+        max_chars, and for the newline rule once the token itself decodes to a newline. `done` only ends the sample
+        early: the final text applies both rules to the whole decoded text.
+        """
         self._ids.append(token)
-        # Decoding all ids again keeps multi-token characters right; a tweet is under a hundred tokens.
-        self._text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
-        if self._skip_spaces:
-            self._text = self._text[min(self._skip_spaces, len(self._text) - len(self._text.lstrip(" "))):]
-        if self._stop_at_newline and "\n" in self._text:
-            self.done = True
-        elif self._max_chars is not None and len(self._text.rstrip(_REPLACEMENT)) > self._max_chars:
-            self.done = True
+        if self._stop_at_newline and "\n" in self._tokenizer.decode([token], skip_special_tokens=True):
+            self.done = "\n" in self._current()
+        if self._max_chars is not None and not self.done:
+            self._bound += len(self._tokenizer.id_to_token(token) or "") + 1
+            if self._bound > self._max_chars:
+                self.done = len(self._current().rstrip(_REPLACEMENT)) > self._max_chars
+
+    def _current(self) -> str:
+        """The decoded text of every id so far (decoding them all again keeps multi-token characters right)."""
+        if self._decoded != len(self._ids):
+            text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+            if self._skip_spaces:
+                text = text[min(self._skip_spaces, len(text) - len(text.lstrip(" "))):]
+            self._text, self._decoded = text, len(self._ids)
+        return self._text
 
     def finish(self) -> None:
         self.done = True
@@ -55,7 +70,7 @@ class TweetText:
     @property
     def text(self) -> str:
         """The final text if done; else the text so far with the same rules applied."""
-        text = self._text.rstrip(_REPLACEMENT)
+        text = self._current().rstrip(_REPLACEMENT)
         if self._stop_at_newline:
             text = text.split("\n", 1)[0]
         return cut_to_limit(text, self._max_chars).rstrip()

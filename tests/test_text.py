@@ -65,3 +65,26 @@ def test_newline_stop(tokenizer):
     assert "".join(pieces) == tweet.text
     kept, _ = feed(tokenizer, " first line\nsecond line")
     assert kept.text == " first line\nsecond line"
+
+
+@pytest.mark.parametrize("limit", [1, 5, 30, 61])
+def test_the_limit_ends_the_sample_at_the_first_token_past_it(tokenizer, limit):
+    ids = tokenizer.encode(" the moon and mars rockets 🚀 launch today we build cars solar energy future").ids
+    first_past = next(n for n in range(1, len(ids) + 1)
+                      if len(tokenizer.decode(ids[:n]).rstrip("\ufffd")) > limit)
+    tweet = TweetText(tokenizer, max_chars=limit, stop_at_newline=False)
+    added = 0
+    while not tweet.done:
+        tweet.add(ids[added])
+        added += 1
+    assert added == first_past
+
+
+def test_the_newline_ends_the_sample_at_its_token(tokenizer):
+    ids = tokenizer.encode(" first line\nsecond line").ids
+    tweet = TweetText(tokenizer, max_chars=None, stop_at_newline=True)
+    added = 0
+    while not tweet.done:
+        tweet.add(ids[added])
+        added += 1
+    assert "\n" in tokenizer.decode(ids[:added]) and "\n" not in tokenizer.decode(ids[:added - 1])
