@@ -29,10 +29,11 @@ class TweetgenEngine(BenchEngine):
             from tokenizers import Tokenizer
 
             from runtime import read_folder
+            from runtime.generator import open_session
 
             folder = read_folder(self.models.onnx)
             tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
-            session = _session(path, self.device, self.threads)
+            session = open_session(path, self.device, self.threads)
         spec = read_graph_spec(session, folder.config)
         # No end-of-text: every row writes exactly the number of new tokens asked for.
         engine = Engine(session, spec, context_length=folder.context_length, eos_token_ids=(),
@@ -58,17 +59,6 @@ class TweetgenEngine(BenchEngine):
     def sample_texts(self, prompt: str, n: int, n_new: int, seed: int) -> list[str]:
         return self.generator.generate(prompt, n, max_new_tokens=n_new, seed=seed, max_chars=None,
                                        repetition_penalty=1.0, **SAMPLING)
-
-
-def _session(path: Path, device: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
 ENGINE = TweetgenEngine
