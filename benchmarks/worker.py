@@ -58,28 +58,25 @@ def _greedy_runs(engine, prompt_ids: list[int], n_new: int, repeats: int) -> dic
             "greedy_ids": ids}
 
 
-def measure(engine_name: str, models: ModelSet, scenario: str, *, threads: int, repeats: int, n_new: int,
+def measure(engine_name: str, manifest: Path, scenario: str, *, threads: int, repeats: int, n_new: int,
             long_tokens: int = LONG_PROMPT_TOKENS) -> dict:
     """Everything one process measures for one engine; raises Unavailable when the engine cannot run."""
+    models = ModelSet.read(manifest)
     specs = {spec.name: spec for spec in engine_specs(models, gpu=True)}
     if engine_name not in specs:
         raise ValueError(f"unknown engine {engine_name!r} for {models.name}; known: {', '.join(specs)}")
     spec = specs[engine_name]
+    prompts = _prompts_in_a_child(manifest, long_tokens, n_new)
+    short = prompts["short"]
     engine = open_engine(spec, models, threads)
     load_s, _ = _timed(engine.load)  # the engine's imports happen here too: what a user waits for
-    from tokenizers import Tokenizer
-
     result = {"load_s": load_s, "model_bytes": sum(p.stat().st_size for p in engine.model_files())}
-    tokenizer = Tokenizer.from_file(str(Path(models.onnx) / "tokenizer.json"))
-    short = tokenizer.encode(SHORT_PROMPT).ids
     if scenario != "load":
         engine.greedy(short, 4)  # warm-up: first-run allocations and kernel choices are not what a server sees
     if scenario in ("all", "short"):
         result["short"] = _greedy_runs(engine, short, n_new, repeats)
     if scenario in ("all", "long"):
-        # A model with a short context (the default model has 128 positions) gets the longest prompt that fits.
-        fits = min(long_tokens, _context_length(models) - n_new)
-        result["long"] = _greedy_runs(engine, long_prompt_ids(tokenizer, fits), n_new, repeats)
+        result["long"] = _greedy_runs(engine, prompts["long"], n_new, repeats)
     if scenario in ("all", "sample5"):
         prompt = SHORT_PROMPT if spec.family == "tweetgen" else _prompt_start(models) + SHORT_PROMPT
         runs = [_timed(engine.sample_texts, prompt, SAMPLE_ROWS, n_new, seed) for seed in range(repeats)]
@@ -88,10 +85,27 @@ def measure(engine_name: str, models: ModelSet, scenario: str, *, threads: int, 
     return result
 
 
-def _context_length(models: ModelSet) -> int:
+def prompt_ids(models: ModelSet, long_tokens: int, n_new: int) -> dict[str, list[int]]:
+    """The token ids of the short prompt and of the long one. A model with a short context (the default model has
+    128 positions) gets the longest prompt that fits."""
+    from tokenizers import Tokenizer
+
     from runtime import read_folder
 
-    return read_folder(models.onnx).context_length
+    tokenizer = Tokenizer.from_file(str(Path(models.onnx) / "tokenizer.json"))
+    fits = min(long_tokens, read_folder(models.onnx).context_length - n_new)
+    return {"short": tokenizer.encode(SHORT_PROMPT).ids, "long": long_prompt_ids(tokenizer, fits)}
+
+
+def _prompts_in_a_child(manifest: Path, long_tokens: int, n_new: int) -> dict[str, list[int]]:
+    """prompt_ids, worked out by a child process: a tokenizer and the runtime's imports loaded here would count in
+    this worker's peak memory (a GPT-2 tokenizer holds ~20 MB) and in the engine's load time."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "benchmarks.worker", "--prompt-ids", str(manifest),
+                           "--long-prompt", str(long_tokens), "--new-tokens", str(n_new)],
+                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(done.stdout)
 
 
 def _prompt_start(models: ModelSet) -> str:
@@ -139,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--long-prompt", type=int, default=LONG_PROMPT_TOKENS, help="tokens in the long prompt")
     parser.add_argument("--list", action="store_true", help="print the engine names for this model and exit")
+    parser.add_argument("--prompt-ids", action="store_true", help="print the prompts' token ids as JSON and exit")
     args = parser.parse_args(argv)
     models = ModelSet.read(args.manifest)
+    if args.prompt_ids:
+        print(json.dumps(prompt_ids(models, args.long_prompt, args.new_tokens)))
+        return 0
     if args.list or not args.engine:
         print("\n".join(spec.name for spec in engine_specs(models, gpu=True)))
         return 0
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
            "python": sys.executable}
     with _stdout_to_stderr() as stdout:
         try:
-            out.update(measure(args.engine, models, args.scenario, threads=args.threads, repeats=args.repeats,
+            out.update(measure(args.engine, args.manifest, args.scenario, threads=args.threads, repeats=args.repeats,
                                n_new=args.new_tokens, long_tokens=args.long_prompt))
         except Unavailable as exc:
             out["skipped"] = str(exc)
