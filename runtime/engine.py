@@ -187,7 +187,7 @@ class Engine:
             if seen is not None:
                 row_logits = penalize_repeats(row_logits, seen[rows], params.repetition_penalty)
             tokens = sample(row_logits, params, rng)  # (R,)
-            done[rows[np.isin(tokens, self.eos_token_ids)]] = True
+            done[rows[(tokens[:, None] == self.eos_token_ids).any(axis=1)]] = True
             if seen is not None:
                 seen[rows, tokens] = True
             yield rows, tokens
@@ -258,13 +258,17 @@ class Engine:
 class _InPlaceRuns:
     """The runs of one generate call on a shared-cache graph: one buffer per layer is bound as both past and present,
     and the graph writes each step's keys and values into it. The binding of the buffers is kept while they stay
-    the same list (they change when the prompt's cache is copied to n rows, or rows leave the batch)."""
+    the same list (they change when the prompt's cache is copied to n rows, or rows leave the batch). So are the
+    inputs and the logits buffer while the step's shape stays the same: a decoding step only writes its token ids
+    and positions into the bound arrays. The logits returned are overwritten by the next call."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.binding = engine.session.io_binding()
         self.bound: list | None = None
-        self.feeds: dict[str, np.ndarray] = {}
+        self.feeds: dict[str, np.ndarray] = {}  # bound by pointer: alive and in place while bound
+        self.shape: tuple[int, int] | None = None  # the (B, S) the feeds are bound for
+        self.logits: np.ndarray | None = None
 
     def forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
         spec, binding = self.engine.spec, self.binding
@@ -274,17 +278,35 @@ class _InPlaceRuns:
                 binding.bind_output(present_name, "cpu", 0, buffer.dtype.type, list(buffer.shape),
                                     buffer.ctypes.data)
             self.bound = past
-        self.feeds = last_logits_only(spec, step_feeds(spec, ids, past_length), ids.shape[1])  # alive while bound
+        if ids.shape == self.shape and not spec.has_attention_mask:  # (a mask grows every step)
+            self._update(ids, past_length)
+        else:
+            self._bind(ids, past_length)
+        self.engine.session.run_with_iobinding(binding)
+        logits = self.logits if self.logits is not None else binding.get_outputs()[0].numpy()
+        return logits[:, -1, :].astype(np.float32, copy=False), past
+
+    def _bind(self, ids: np.ndarray, past_length: int) -> None:
+        spec, binding = self.engine.spec, self.binding
+        self.feeds = last_logits_only(spec, step_feeds(spec, ids, past_length), ids.shape[1])
         for name, value in self.feeds.items():
             binding.bind_cpu_input(name, value)
-        logits = None
+        self.shape = ids.shape
         if spec.vocab_size is not None:  # written straight into an array of ours
             rows = 1 if "logits_start" in self.feeds else ids.shape[1]
-            logits = np.empty((ids.shape[0], rows, spec.vocab_size), dtype=spec.cache_dtype)
-            binding.bind_output("logits", "cpu", 0, logits.dtype.type, list(logits.shape), logits.ctypes.data)
+            self.logits = np.empty((ids.shape[0], rows, spec.vocab_size), dtype=spec.cache_dtype)
+            binding.bind_output("logits", "cpu", 0, self.logits.dtype.type, list(self.logits.shape),
+                                self.logits.ctypes.data)
         else:
+            self.logits = None
             binding.bind_output("logits", "cpu")
-        self.engine.session.run_with_iobinding(binding)
-        if logits is None:
-            logits = binding.get_outputs()[0].numpy()
-        return logits[:, -1, :].astype(np.float32, copy=False), past
+
+    def _update(self, ids: np.ndarray, past_length: int) -> None:
+        """What step_feeds would give for this step, written into the bound arrays (same shapes)."""
+        feeds, new = self.feeds, ids.shape[1]
+        feeds["input_ids"][...] = ids
+        if "position_ids" in feeds:
+            feeds["position_ids"][...] = np.arange(past_length, past_length + new)
+        if "seqlens_k" in feeds:
+            feeds["seqlens_k"][...] = past_length + new - 1
+            feeds["total_sequence_length"][...] = past_length + new
