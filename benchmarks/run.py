@@ -23,7 +23,8 @@ from pathlib import Path
 from benchmarks import models as model_builder
 from benchmarks.engines.base import engine_specs
 from benchmarks.models import DEFAULT_CACHE, ModelSet
-from benchmarks.report import check_correctness, perplexity_check, print_report, ratios, summarize, write_chart
+from benchmarks.report import (check_correctness, perplexity_check, print_report, ratios, round_ratios, summarize,
+                               write_chart)
 from benchmarks.sizes import all_stack_sizes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "cold_start_raw": measured["cold_start_raw"],
     }
     results["ratios"] = ratios(summary)
+    results["round_ratios"] = round_ratios(measured["raw"], summary)
     results["environment"]["load_average_end"] = os.getloadavg()
     results["environment"]["wall_s"] = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)

@@ -87,3 +87,36 @@ def test_the_runtime_installs_smaller_than_the_trainer():
     runtime = stack_size(["numpy", "onnxruntime", "tokenizers"])
     assert {"numpy", "onnxruntime", "tokenizers"} <= set(runtime.distributions)
     assert "torch" not in runtime.distributions and runtime.bytes > 10_000_000
+
+
+def test_a_gguf_style_byte_level_tokenizer_is_given_to_the_converter_plainly():
+    from tokenizers import Tokenizer
+
+    from benchmarks.models import byte_level_tokenizer
+
+    plain = json.loads((TINY_GPT2 / "tokenizer.json").read_text())
+    assert byte_level_tokenizer(plain) is plain  # already what llama.cpp's converter reads as byte-level BPE
+    # what transformers writes for a model loaded from a GGUF file: byte fallback and a sentencepiece-style decoder
+    hybrid = {**plain, "model": {**plain["model"], "byte_fallback": True},
+              "decoder": {"type": "Sequence", "decoders": [
+                  {"type": "ByteFallback"}, {"type": "Fuse"},
+                  {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, plain["decoder"]]}}
+    fixed = byte_level_tokenizer(hybrid)
+    assert fixed["model"]["byte_fallback"] is False and fixed["decoder"] == plain["decoder"]
+    before, after = Tokenizer.from_str(json.dumps(hybrid)), Tokenizer.from_str(json.dumps(fixed))
+    text = " My dream is 🚀 to fly over the café\n@someone #tag"
+    assert before.encode(text).ids == after.encode(text).ids
+    assert after.decode(after.encode(text).ids) == before.decode(before.encode(text).ids)
+
+
+def test_a_cached_export_of_another_int8_kind_is_stale(tmp_path):
+    from benchmarks.models import export_int8_method, int8_method_for
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    assert export_int8_method(folder) is None  # no tweetgen.json: made before the kinds were recorded
+    (folder / "tweetgen.json").write_text(json.dumps({"export": {"graph": "optimum", "int8": {"matmul_integer": 3}}}))
+    assert export_int8_method(folder) is None
+    (folder / "tweetgen.json").write_text(json.dumps({"export": {"int8": {"method": "per_tensor"}}}))
+    assert export_int8_method(folder) == "per_tensor" == int8_method_for({"model_type": "gpt2"})
+    assert int8_method_for({"model_type": "llama"}) == "blockwise"
