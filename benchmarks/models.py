@@ -102,7 +102,7 @@ def from_export(folder: Path, cache: Path, *, name: str | None = None) -> ModelS
     name = name or folder.resolve().name
     notes = ["an exported folder without its PyTorch source: PyTorch, CTranslate2 and llama.cpp rows need --hf"]
     if export_graph(folder) == "fused":
-        notes.append("its graph is tweetgen's fused GPT-2, which Optimum cannot drive: the Optimum rows need --hf")
+        notes.append("its graph is tweetgen's fused one, which Optimum cannot drive: the Optimum rows need --hf")
     models = ModelSet(name=name, onnx=str(folder), trained=True, notes=notes)
     (cache / name).mkdir(parents=True, exist_ok=True)
     models.save(manifest_path(cache, name))

@@ -2,8 +2,8 @@
 
 It drives an Optimum "text-generation-with-past" ONNX export: inputs `input_ids`, `attention_mask`, optional
 `position_ids` and `past_key_values.{i}.key/value`; outputs `logits` and `present.{i}.key/value`. Names, layer count,
-KV heads and dtype are read from the session. tweetgen's own GPT-2 graph (trainer.fuse) also takes `seqlens_k` and
-`total_sequence_length` and, on the CPU, writes the cache into buffers in place. For n samples the prompt is run once
+KV heads and dtype are read from the session. tweetgen's own graphs (trainer.fuse) also take `seqlens_k` and
+`total_sequence_length` and, on the CPU, write the cache into buffers in place. For n samples the prompt is run once
 and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
 """
 

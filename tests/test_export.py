@@ -70,7 +70,8 @@ def test_export_replaces_the_old_folder_and_decodes_like_pytorch(exported, arch)
     out, report = exported[arch]
     assert not (out / "marker.txt").exists() and leftovers(out) == []
     assert report.parity_prompts == 3 and report.max_logit_diff < 1e-4
-    assert report.graph == {"gpt2": "fused", "llama": "optimum"}[arch]  # trainer.fuse rebuilds GPT-2 only
+    # trainer.fuse rebuilds both, but the tiny Llama's head size (8) is no multiple of 16: Optimum's graph
+    assert report.graph == {"gpt2": "fused", "llama": "optimum"}[arch]
     info = json.loads((out / "tweetgen.json").read_text())
     assert info["format"] == 1 and info["name"] == "tiny" and info["export"]["greedy_parity"]["equal"]
     assert info["versions"]["onnxruntime"] and info["users"]["alice"]["prefix"] == "@alice: "
@@ -249,7 +250,7 @@ def test_the_card_has_the_stats_given_and_no_tweet_text(exported):
     assert rows["**total**"] == {k: STATS["alice"][k] + STATS["bob"][k] for k in STATS["alice"]}
     assert "not written by @alice, @bob" in card and "96.25" in card
     assert "tweetgen-run -m exported/tiny --user alice" in card
-    # the fused GPT-2 graph is tweetgen's: the card says Optimum cannot drive it; Optimum's graph gets its example
+    # the fused graph is tweetgen's: the card says Optimum cannot drive it; Optimum's graph gets its example
     assert "ORTModelForCausalLM cannot" in card and "ORTModelForCausalLM.from_pretrained" not in card
     assert "ORTModelForCausalLM.from_pretrained" in (exported["llama"][0] / "README.md").read_text()
     for text in (out / "README.md", out / "tweetgen.json"):

@@ -1,4 +1,4 @@
-"""trainer.fuse: the lean GPT-2 graph computes what Optimum's export computes, with far fewer nodes."""
+"""trainer.fuse: the lean GPT-2 and Llama graphs compute what Optimum's export computes, with far fewer nodes."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from trainer.fuse import FuseError, can_fuse, fused_gpt2, weights_of_folder, weights_of_onnx
+from trainer.fuse import FuseError, can_fuse, fused_gpt2, fused_llama, weights_of_folder, weights_of_onnx
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -16,8 +16,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def run(session, ids, past, past_length, layers):
     names = {i.name for i in session.get_inputs()}
     batch, new = ids.shape
-    feeds = {"input_ids": ids,
-             "position_ids": np.broadcast_to(np.arange(past_length, past_length + new), (batch, new)).copy()}
+    feeds = {"input_ids": ids}
+    if "position_ids" in names:
+        feeds["position_ids"] = np.broadcast_to(np.arange(past_length, past_length + new), (batch, new)).copy()
     if "attention_mask" in names:
         feeds["attention_mask"] = np.ones((batch, past_length + new), np.int64)
     if "logits_start" in names:
@@ -80,13 +81,19 @@ def test_the_fused_graph_is_small_and_keeps_the_runtime_interface(graphs):
     assert [o.name for o in fused.get_outputs()] == [o.name for o in optimum.get_outputs()]
 
 
-def test_only_plain_gpt2_is_fused(tmp_path):
+def test_only_plain_gpt2_and_llama_are_fused(tmp_path):
     llama = json.loads((FIXTURES / "tiny_llama_hf" / "config.json").read_text())
     gpt2 = json.loads((FIXTURES / "tiny_gpt2_hf" / "config.json").read_text())
-    assert can_fuse(gpt2) and not can_fuse(llama)
-    assert not can_fuse({**gpt2, "activation_function": "relu"})
+    assert can_fuse(gpt2) and not can_fuse({**gpt2, "activation_function": "relu"})
+    assert not can_fuse(llama)  # its head size, 8, is not a multiple of 16 (GroupQueryAttention's rotary)
+    assert can_fuse({**llama, "head_dim": 16})
+    for change in ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, {"hidden_act": "gelu"},
+                   {"attention_bias": True}, {"model_type": "mistral"}):
+        assert not can_fuse({**llama, "head_dim": 16, **change}), change
     with pytest.raises(FuseError, match="only a plain GPT-2"):
         fused_gpt2({}, llama)
+    with pytest.raises(FuseError, match="only a plain Llama"):
+        fused_llama({}, gpt2)
     with pytest.raises(FuseError, match="no initializer 'transformer.wte.weight'"):
         fused_gpt2(weights_of_onnx(FIXTURES / "tiny_llama" / "model.onnx"), gpt2)
 
@@ -163,3 +170,59 @@ def test_logits_start_gives_the_last_positions_only(graphs):
     last, *last_cache = fused.run(None, feeds)
     assert last.shape == (2, 1, config["vocab_size"]) and np.abs(last[:, 0] - every[:, -1]).max() < 1e-5
     assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(last_cache, cache))
+
+
+@pytest.fixture(scope="module")
+def llama16(tmp_path_factory):
+    """A tiny random Llama whose head size (16) GroupQueryAttention's rotary takes, grouped 4 heads to 2 KV heads,
+    with the tiny Llama fixture's tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("llama16") / "hf"
+    shutil.copytree(FIXTURES / "tiny_llama_hf", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=96)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**config)).save_pretrained(folder)
+    return folder
+
+
+def test_the_fused_llama_graph_computes_what_pytorch_does(llama16):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((llama16 / "config.json").read_text())
+    model = fused_llama(weights_of_folder(llama16), config)
+    assert len(model.graph.node) <= 12 * config["num_hidden_layers"] + 6
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "position_ids" not in {i.name for i in session.get_inputs()}
+    torch_model = AutoModelForCausalLM.from_pretrained(str(llama16), dtype=torch.float32).eval()
+    layers = config["num_hidden_layers"]
+    ids = np.random.default_rng(2).integers(0, config["vocab_size"], (2, 9)).astype(np.int64)
+    with torch.no_grad():
+        want = torch_model(torch.from_numpy(ids)).logits.numpy()
+    empty = [np.zeros((2, 2, 0, 16), np.float32)] * (2 * layers)
+    got, cache = run(session, ids[:, :7], empty, 0, layers)  # the prompt, then two steps on the cache
+    assert np.abs(got - want[:, :7]).max() < 1e-4
+    for position in (7, 8):
+        got, cache = run(session, ids[:, position:position + 1], cache, position, layers)
+        assert np.abs(got[:, 0] - want[:, position]).max() < 1e-4
+
+
+def test_a_llama_export_is_fused_and_the_runtime_decodes_it_like_pytorch(llama16, tmp_path):
+    from trainer.export import export_folder_info, export_model
+    from trainer.parity import check_parity
+
+    out = tmp_path / "out"
+    report = export_model(llama16, out, info=export_folder_info(llama16, "tiny"), int8=True, fp16=False)
+    assert report.graph == "fused"
+    parity = check_parity(llama16, out, max_new_tokens=12)  # runtime greedy ids vs transformers' generate
+    assert parity.equal and parity.prompts >= 3
+    from runtime import Generator
+
+    generator = Generator.load(out, device="cpu", precision="int8")
+    assert generator.engine.shared_cache and generator.engine.spec.kv_heads == 2
+    assert len(generator.generate("My dream is", n=3, seed=0, max_new_tokens=10)) == 3

@@ -110,9 +110,9 @@ def _export_section(export: dict[str, Any]) -> str:
         lines.append(f"- Greedy decoding with the ONNX model (tweetgen's runtime) gives the same token ids as "
                      f"PyTorch on {parity['prompts']} prompts: {'yes' if parity['equal'] else 'NO'}.")
     if export.get("graph") == "fused":
-        lines.append("- Graph: GPT-2 rebuilt by tweetgen with onnxruntime's fused operators (GroupQueryAttention "
-                     "with the KV cache written in place, FastGelu), from the same weights; checked against PyTorch "
-                     "like the export.")
+        lines.append("- Graph: rebuilt by tweetgen with onnxruntime's fused operators (GroupQueryAttention with "
+                     "the KV cache written in place), from the same weights; checked against PyTorch like the "
+                     "export.")
     if export.get("copy_index_windows"):
         lines.append(f"- `copies.bin`: the top 32 bits of the hashes of the training tweets' "
                      f"{export['copy_index_windows']:,} distinct 8-word windows (no text). With it, tweetgen-run "
@@ -153,7 +153,7 @@ print(gen.generate("My dream is", n=3, seed=0{user_arg}))
 {_optimum_usage(name, prompt_start + prefix) if not fused else _FUSED_USAGE}"""
 
 
-_FUSED_USAGE = """The ONNX graph is tweetgen's own GPT-2 graph (onnxruntime's fused operators, the KV cache written in
+_FUSED_USAGE = """The ONNX graph is tweetgen's own graph (onnxruntime's fused operators, the KV cache written in
 place), which tweetgen's runtime drives; Optimum's ORTModelForCausalLM cannot (export with Optimum's graph for that:
 `trainer.export.export_model(..., fuse=False)`)."""
 

@@ -22,7 +22,7 @@ from runtime.copies import CopyIndex
 from runtime.errors import TweetgenError
 from trainer import swap
 from trainer.card import render_card
-from trainer.fuse import can_fuse, fused_gpt2, weights_of_folder
+from trainer.fuse import can_fuse, fused_graph, weights_of_folder
 from trainer.quantize import INT8_METHODS, convert_fp16, is_large, quantize_int8, save_onnx
 from trainer.report import ExportReport
 
@@ -114,8 +114,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
             else "blockwise"; or force one of trainer.quantize.INT8_METHODS (no perplexity check without eval_texts).
         copy_texts: the training tweets: their 8-word windows are indexed into copies.bin, with which the runtime
             draws again any text that copies one (runtime.copies). None: no index.
-        fuse: rebuild a GPT-2 graph with onnxruntime's fused operators (trainer.fuse; checked against PyTorch like
-            Optimum's); other architectures keep Optimum's graph. False keeps Optimum's graph for GPT-2 too.
+        fuse: rebuild a GPT-2 or Llama graph with onnxruntime's fused operators (trainer.fuse; checked against
+            PyTorch like Optimum's); other architectures keep Optimum's graph. False keeps Optimum's graph for all.
         max_new_tokens: tokens decoded greedily per prompt in the parity check.
         progress: called with a short description as each step starts.
 
@@ -186,14 +186,14 @@ def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: lis
     parity = _check_parity(model_dir, tmp, max_new_tokens, "the ONNX export")
     graph = "optimum"
     if fuse and can_fuse(config.to_dict()):
-        progress("rebuilding the GPT-2 graph with fused operators")
+        progress(f"rebuilding the {config.model_type} graph with fused operators")
         optimum_graph = tmp / "model.onnx"
         large = is_large(optimum_graph)
         for path in tmp.glob("model.onnx*"):  # the graph and any external data file beside it
             path.unlink()
-        save_onnx(fused_gpt2(weights_of_folder(model_dir), config.to_dict(), str(model_dir)), optimum_graph, large)
+        save_onnx(fused_graph(weights_of_folder(model_dir), config.to_dict(), str(model_dir)), optimum_graph, large)
         progress("checking the fused graph against PyTorch")
-        parity = _check_parity(model_dir, tmp, max_new_tokens, "the fused GPT-2 graph")
+        parity = _check_parity(model_dir, tmp, max_new_tokens, f"the fused {config.model_type} graph")
         graph = "fused"
     report = ExportReport(out_dir=tmp, files={}, parity_prompts=parity.prompts, max_logit_diff=parity.max_logit_diff,
                           graph=graph)

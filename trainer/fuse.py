@@ -1,4 +1,4 @@
-"""A lean GPT-2 decoder graph, rebuilt from the weights of Optimum's export with onnxruntime's fused operators.
+"""Lean GPT-2 and Llama decoder graphs, rebuilt from a model's weights with onnxruntime's fused operators.
 
 Optimum's GPT-2 graph computes every shape at run time: about 1,400 nodes for GPT-2 124M, most of them Shape,
 Gather, Concat, Unsqueeze and Reshape on tiny tensors. At batch 1 those cost onnxruntime more time per token than
@@ -15,8 +15,10 @@ per row: tokens so far including this step's, minus 1) and `total_sequence_lengt
 longer cache, as Optimum's graph does. Given one preallocated buffer as both past and present (IO binding),
 GroupQueryAttention writes the new keys and values into it in place: the runtime's CPU path does that, so the cache
 is never copied per token. There is no attention_mask: the runtime never pads (a batch's rows share one prompt).
-Only GPT-2 (`model_type` "gpt2") is rebuilt. GroupQueryAttention has CUDA kernels for fp16 only: the fp32 graph on
-CUDA runs that node on the CPU.
+`fused_llama` does the same for Llama models such as SmolLM2 (Optimum's graph of SmolLM2-135M: ~4,000 nodes;
+this one 12 a layer), with GroupQueryAttention's own rotary embedding and real grouped KV heads; it has no
+position_ids input. Other architectures keep Optimum's graph. GroupQueryAttention has CUDA kernels for fp16 only:
+the fp32 graph on CUDA runs that node on the CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ class FuseError(ValueError):
 
 
 def can_fuse(config: dict[str, Any]) -> bool:
+    """True for the configurations `fused_graph` rebuilds (see can_fuse_gpt2 and can_fuse_llama)."""
+    return can_fuse_gpt2(config) or can_fuse_llama(config)
+
+
+def fused_graph(weights: dict[str, np.ndarray], config: dict[str, Any], source: str = "the weights"
+                ) -> onnx.ModelProto:
+    """The lean graph of a GPT-2 or Llama model: `weights` by PyTorch name, `config` its config.json."""
+    if can_fuse_llama(config):
+        return fused_llama(weights, config, source)
+    return fused_gpt2(weights, config, source)
+
+
+def can_fuse_gpt2(config: dict[str, Any]) -> bool:
     """True for configurations `fused_gpt2` rebuilds: GPT-2 with its usual activation and no cross-attention."""
     return (config.get("model_type") == "gpt2" and config.get("activation_function", "gelu_new") == "gelu_new"
             and not config.get("add_cross_attention", False) and not config.get("scale_attn_by_inverse_layer_idx")
@@ -62,7 +77,7 @@ def weights_of_onnx(path: str | Path) -> dict[str, np.ndarray]:
 def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: str = "the weights"
                ) -> onnx.ModelProto:
     """The lean graph of a GPT-2 model: `weights` by PyTorch name, `config` its config.json."""
-    if not can_fuse(config):
+    if not can_fuse_gpt2(config):
         raise FuseError(f"only a plain GPT-2 (model_type gpt2, gelu_new) can be rebuilt, not {config.get('model_type')!r}")
     layers, width, heads = config["n_layer"], config["n_embd"], config["n_head"]
     epsilon = float(config.get("layer_norm_epsilon", 1e-5))
@@ -121,12 +136,106 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
     for i in range(layers):
         graph.output(f"present.{i}.key", TensorProto.FLOAT, present)
         graph.output(f"present.{i}.value", TensorProto.FLOAT, present)
-    model = helper.make_model(
-        helper.make_graph(graph.nodes, "tweetgen_gpt2", graph.inputs, graph.outputs, graph.initializers),
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-        producer_name="tweetgen")
-    model.ir_version = 8
-    return model
+    return graph.model("tweetgen_gpt2")
+
+
+LLAMA_ACTIVATIONS = ("silu",)
+
+
+def can_fuse_llama(config: dict[str, Any]) -> bool:
+    """True for Llama configurations `fused_llama` rebuilds: SiLU MLP, plain rotary positions, no biases, a head
+    size that is a multiple of 16."""
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or (config.get("hidden_size") or 0) // heads
+    return (config.get("model_type") == "llama" and config.get("hidden_act", "silu") in LLAMA_ACTIVATIONS
+            and head_dim % 16 == 0  # GroupQueryAttention's rotary embedding wants it
+            and not config.get("rope_scaling") and not config.get("attention_bias")
+            and not config.get("mlp_bias") and config.get("pretraining_tp", 1) == 1)
+
+
+def fused_llama(weights: dict[str, np.ndarray], config: dict[str, Any], source: str = "the weights"
+                ) -> onnx.ModelProto:
+    """The lean graph of a Llama model (SmolLM2): SimplifiedLayerNormalization (RMSNorm), one MatMul for the
+    queries, keys and values, GroupQueryAttention with its own rotary embedding (do_rotary, half-split as
+    transformers' rotate_half, from cos/sin tables of every position), a SiLU-gated MLP (one MatMul for gate and up,
+    Split, x * Sigmoid(x), Mul). Same interface as `fused_gpt2` without position_ids: GroupQueryAttention takes each
+    row's positions from seqlens_k (the runtime never pads)."""
+    if not can_fuse_llama(config):
+        raise FuseError("only a plain Llama (SiLU, no rope scaling, no biases) can be rebuilt, "
+                        f"not {config.get('model_type')!r}")
+    layers, width = config["num_hidden_layers"], config["hidden_size"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or width // heads
+    epsilon = float(config.get("rms_norm_eps", 1e-6))
+    positions = int(config["max_position_embeddings"])
+
+    def weight(name: str) -> np.ndarray:
+        if name not in weights:
+            raise FuseError(f"{source} has no initializer {name!r}: not a Llama model")
+        return weights[name].astype(np.float32, copy=False)
+
+    def linear_t(name: str) -> np.ndarray:  # torch Linear keeps (out, in); MatMul wants (in, out)
+        return np.ascontiguousarray(weight(name).T)
+
+    graph = _Graph()
+    embedding = weight("model.embed_tokens.weight")
+    vocab = embedding.shape[0]
+    graph.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+    cache = ["batch_size", kv_heads, "past_sequence_length", head_dim]
+    for i in range(layers):
+        graph.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache)
+        graph.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache)
+    graph.input("seqlens_k", TensorProto.INT32, ["batch_size"])
+    graph.input("total_sequence_length", TensorProto.INT32, [])
+    inverse = 1.0 / (float(config.get("rope_theta", 10000.0)) ** (np.arange(0, head_dim, 2) / head_dim))
+    angles = np.outer(np.arange(positions, dtype=np.float64), inverse)  # (positions, head_dim / 2)
+    cos = graph.const("rotary.cos", np.cos(angles).astype(np.float32))
+    sin = graph.const("rotary.sin", np.sin(angles).astype(np.float32))
+
+    hidden = graph.node("Gather", [graph.const("model.embed_tokens.weight", embedding), "input_ids"])
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        normed = graph.rms_norm(hidden, weight(p + "input_layernorm.weight"), p + "input_layernorm", epsilon)
+        qkv_weight = np.concatenate([linear_t(p + f"self_attn.{n}_proj.weight") for n in "qkv"], axis=1)
+        qkv = graph.node("MatMul", [normed, graph.const(p + "self_attn.qkv_proj.weight", qkv_weight)])
+        attended = graph.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+             "total_sequence_length", cos, sin],
+            outputs=[graph.fresh(), f"present.{i}.key", f"present.{i}.value"],
+            domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0)[0]
+        projected = graph.node("MatMul", [attended, graph.const(p + "self_attn.o_proj.weight",
+                                                                  linear_t(p + "self_attn.o_proj.weight"))])
+        hidden = graph.node("Add", [hidden, projected])
+        normed = graph.rms_norm(hidden, weight(p + "post_attention_layernorm.weight"),
+                                p + "post_attention_layernorm", epsilon)
+        gate_up_weight = np.concatenate([linear_t(p + "mlp.gate_proj.weight"), linear_t(p + "mlp.up_proj.weight")],
+                                        axis=1)
+        gate_up = graph.node("MatMul", [normed, graph.const(p + "mlp.gate_up_proj.weight", gate_up_weight)])
+        intermediate = gate_up_weight.shape[1] // 2
+        gate, up = graph.node("Split", [gate_up, graph.const(p + "mlp.split", np.array([intermediate] * 2,
+                                                                                       dtype=np.int64))],
+                              outputs=2, axis=-1)
+        activated = graph.node("Mul", [graph.node("Mul", [gate, graph.node("Sigmoid", [gate])]), up])
+        down = graph.node("MatMul", [activated, graph.const(p + "mlp.down_proj.weight",
+                                                            linear_t(p + "mlp.down_proj.weight"))])
+        hidden = graph.node("Add", [hidden, down])
+    final = graph.rms_norm(hidden, weight("model.norm.weight"), "model.norm", epsilon)
+    graph.input("logits_start", TensorProto.INT64, [1])
+    end = graph.const("logits_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    axis = graph.const("logits_axis", np.array([1], dtype=np.int64))
+    final = graph.node("Slice", [final, "logits_start", end, axis])
+    head = weights.get("lm_head.weight", embedding) if not config.get("tie_word_embeddings", True) else embedding
+    graph.node("MatMul", [final, graph.const("lm_head.weight", np.ascontiguousarray(head.astype(np.float32).T))],
+               outputs=["logits"])
+
+    graph.output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", vocab])
+    present = ["batch_size", kv_heads, "total_sequence_length", head_dim]
+    for i in range(layers):
+        graph.output(f"present.{i}.key", TensorProto.FLOAT, present)
+        graph.output(f"present.{i}.value", TensorProto.FLOAT, present)
+    return graph.model("tweetgen_llama")
 
 
 class _Graph:
@@ -162,6 +271,18 @@ class _Graph:
     def layer_norm(self, x: str, scale: np.ndarray, bias: np.ndarray, name: str, epsilon: float) -> str:
         return self.node("LayerNormalization", [x, self.const(name + ".weight", scale), self.const(name + ".bias", bias)],
                          axis=-1, epsilon=epsilon)
+
+    def rms_norm(self, x: str, scale: np.ndarray, name: str, epsilon: float) -> str:
+        return self.node("SimplifiedLayerNormalization", [x, self.const(name + ".weight", scale)], axis=-1,
+                         epsilon=epsilon)
+
+    def model(self, name: str) -> onnx.ModelProto:
+        model = helper.make_model(
+            helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers),
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+            producer_name="tweetgen")
+        model.ir_version = 8
+        return model
 
     def linear(self, x: str, weight, prefix: str) -> str:
         product = self.node("MatMul", [x, self.const(prefix + ".weight", weight(prefix + ".weight"))])

@@ -1,5 +1,5 @@
 """Optimum's ORTModelForCausalLM on Optimum's own ONNX export of the same weights, quantized the way tweetgen
-quantizes: the 'just use Optimum' alternative. (For GPT-2 tweetgen ships a rebuilt graph Optimum cannot drive.)
+quantizes: the 'just use Optimum' alternative. (For GPT-2 and Llama tweetgen ships a rebuilt graph Optimum cannot drive.)
 
 It has transformers' `generate`, so everything but loading is PyTorchEngine's.
 """
@@ -21,7 +21,7 @@ class OptimumEngine(PyTorchEngine):
 
         folder = self.folder()
         if folder is None:
-            raise Unavailable(f"{self.models.onnx} holds tweetgen's fused GPT-2 graph, which Optimum cannot drive; "
+            raise Unavailable(f"{self.models.onnx} holds tweetgen's fused graph, which Optimum cannot drive; "
                               "pass the PyTorch folder with --hf for an export with Optimum's graph")
         if not (folder / self.variant).is_file():
             raise Unavailable(f"{folder} has no {self.variant}")
@@ -36,7 +36,7 @@ class OptimumEngine(PyTorchEngine):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
 
     def folder(self) -> Path | None:
-        """The export with Optimum's graph: a separate one for GPT-2; None when there is only tweetgen's fused one."""
+        """The export with Optimum's graph: a separate one for GPT-2 and Llama; None when there is only tweetgen's fused one."""
         from benchmarks.models import export_graph
 
         if self.models.optimum_onnx:
