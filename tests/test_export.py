@@ -89,7 +89,14 @@ def test_int8_variant_is_quantized_and_generates(exported, arch):
     weights = {init.name for init in model.graph.initializer}
     assert ops.count("MatMulNBits") + ops.count("MatMulInteger") == report.int8_linear_layers > 0
     assert ("MatMulNBits" if report.int8_method == "blockwise" else "MatMulInteger") in ops
-    assert "DequantizeLinear" in ops  # the int8 embedding table
+    # the token embedding is int8: block-wise with a scale per row, per-tensor with onnxruntime's one scale
+    readers = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"}
+    types = {i.name: i.data_type for i in model.graph.initializer if i.name in readers}
+    if report.int8_method == "blockwise":
+        assert sorted(types.values()) == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT8]  # rows, their scales
+    else:
+        assert "DequantizeLinear" in ops and list(types.values()) in ([onnx.TensorProto.UINT8],
+                                                                      [onnx.TensorProto.INT8])
     assert "Gemm" not in ops
     assert not [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert abs(report.int8_relative_diff) < 0.03 and report.eval_tokens > 20
@@ -353,3 +360,20 @@ def test_a_big_int8_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypat
     assert data.stat().st_mode & 0o044  # readable by all, as the graph is
     ids = [runtime_greedy(Generator.load(f, device="cpu", precision="int8"), PROMPT, 12) for f in (single, split)]
     assert ids[0] == ids[1]
+
+
+def test_the_embedding_table_is_stored_int8_per_row_within_half_a_step(exported, tmp_path):
+    from onnx import numpy_helper
+
+    from trainer.quantize import quantize_int8
+
+    out, _ = exported["gpt2"]
+    fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "model.onnx")).graph.initializer}
+    quantize_int8(out / "model.onnx", tmp_path / "q.onnx", method="blockwise")
+    int8 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    (name,) = [n.removesuffix("_int8") for n in int8 if n.endswith("_int8")]
+    table, scale = int8[name + "_int8"], int8[name + "_row_scale"]
+    assert name not in int8 and table.dtype == np.int8 and scale.shape == (len(table), 1)
+    error = np.abs(table.astype(np.float32) * scale - fp32[name]).max(axis=1)
+    assert (error <= scale[:, 0] / 2 + 1e-7).all()
+    assert (np.abs(table).max(axis=1) == 127).all()  # each row uses its whole range
