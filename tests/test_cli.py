@@ -93,8 +93,11 @@ def test_usage_errors_exit_2():
 
 def test_ctrl_c_exits_130():
     # The CLI waits for a prompt on a pipe that stays open; the interrupt comes the way a terminal sends it.
+    # A job started in the background by a shell without job control inherits SIGINT ignored, and Python then
+    # installs no handler: the child gets the default disposition back, as a terminal's foreground job has it.
     process = subprocess.Popen([sys.executable, "-m", "runtime", "-m", str(TINY_GPT2)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
