@@ -226,7 +226,7 @@ def fused_llama(weights: dict[str, np.ndarray], config: dict[str, Any], source: 
     end = graph.const("logits_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
     axis = graph.const("logits_axis", np.array([1], dtype=np.int64))
     final = graph.node("Slice", [final, "logits_start", end, axis])
-    head = weights.get("lm_head.weight", embedding) if not config.get("tie_word_embeddings", True) else embedding
+    head = weights.get("lm_head.weight", embedding)  # a tied model's state dict holds the embedding under both names
     graph.node("MatMul", [final, graph.const("lm_head.weight", np.ascontiguousarray(head.astype(np.float32).T))],
                outputs=["logits"])
 
