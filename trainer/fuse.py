@@ -88,15 +88,9 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
         return weights[name].astype(np.float32, copy=False)
 
     graph = _Graph()
-    vocab = weight("transformer.wte.weight").shape[0]
     graph.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
     graph.input("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-    cache = ["batch_size", heads, "past_sequence_length", width // heads]
-    for i in range(layers):
-        graph.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache)
-        graph.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache)
-    graph.input("seqlens_k", TensorProto.INT32, ["batch_size"])  # each row's tokens so far, this step's included, - 1
-    graph.input("total_sequence_length", TensorProto.INT32, [])  # tokens so far, this step's included
+    graph.cache_inputs(layers, heads, width // heads)
 
     tokens = graph.node("Gather", [graph.const("transformer.wte.weight", weight("transformer.wte.weight")),
                                    "input_ids"])
@@ -121,21 +115,8 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
         hidden = graph.node("Add", [hidden, graph.linear(activated, weight, p + "mlp.c_proj")])
     final = graph.layer_norm(hidden, weight("transformer.ln_f.weight"), weight("transformer.ln_f.bias"),
                              "transformer.ln_f", epsilon)
-    # Logits from position `logits_start` on (0: all positions): the runtime asks for the last position only, which
-    # saves the output layer's work and memory for every other position of a prompt (200 tokens of GPT-2: 40 MB).
-    graph.input("logits_start", TensorProto.INT64, [1])
-    end = graph.const("logits_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
-    axis = graph.const("logits_axis", np.array([1], dtype=np.int64))
-    final = graph.node("Slice", [final, "logits_start", end, axis])
-    # the output layer shares GPT-2's token embedding; MatMul needs it as (width, vocab)
-    head = np.ascontiguousarray(weight("transformer.wte.weight").T)
-    graph.node("MatMul", [final, graph.const("lm_head.weight", head)], outputs=["logits"])
-
-    graph.output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", vocab])
-    present = ["batch_size", heads, "total_sequence_length", width // heads]
-    for i in range(layers):
-        graph.output(f"present.{i}.key", TensorProto.FLOAT, present)
-        graph.output(f"present.{i}.value", TensorProto.FLOAT, present)
+    # the output layer shares GPT-2's token embedding
+    graph.logits_and_cache_outputs(final, weight("transformer.wte.weight"), layers, heads, width // heads)
     return graph.model("tweetgen_gpt2")
 
 
@@ -180,14 +161,8 @@ def fused_llama(weights: dict[str, np.ndarray], config: dict[str, Any], source: 
 
     graph = _Graph()
     embedding = weight("model.embed_tokens.weight")
-    vocab = embedding.shape[0]
     graph.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-    cache = ["batch_size", kv_heads, "past_sequence_length", head_dim]
-    for i in range(layers):
-        graph.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache)
-        graph.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache)
-    graph.input("seqlens_k", TensorProto.INT32, ["batch_size"])
-    graph.input("total_sequence_length", TensorProto.INT32, [])
+    graph.cache_inputs(layers, kv_heads, head_dim)
     inverse = 1.0 / (float(config.get("rope_theta", 10000.0)) ** (np.arange(0, head_dim, 2) / head_dim))
     angles = np.outer(np.arange(positions, dtype=np.float64), inverse)  # (positions, head_dim / 2)
     cos = graph.const("rotary.cos", np.cos(angles).astype(np.float32))
@@ -222,19 +197,8 @@ def fused_llama(weights: dict[str, np.ndarray], config: dict[str, Any], source: 
                                                             linear_t(p + "mlp.down_proj.weight"))])
         hidden = graph.node("Add", [hidden, down])
     final = graph.rms_norm(hidden, weight("model.norm.weight"), "model.norm", epsilon)
-    graph.input("logits_start", TensorProto.INT64, [1])
-    end = graph.const("logits_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
-    axis = graph.const("logits_axis", np.array([1], dtype=np.int64))
-    final = graph.node("Slice", [final, "logits_start", end, axis])
     head = weights.get("lm_head.weight", embedding)  # a tied model's state dict holds the embedding under both names
-    graph.node("MatMul", [final, graph.const("lm_head.weight", np.ascontiguousarray(head.astype(np.float32).T))],
-               outputs=["logits"])
-
-    graph.output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", vocab])
-    present = ["batch_size", kv_heads, "total_sequence_length", head_dim]
-    for i in range(layers):
-        graph.output(f"present.{i}.key", TensorProto.FLOAT, present)
-        graph.output(f"present.{i}.value", TensorProto.FLOAT, present)
+    graph.logits_and_cache_outputs(final, head.astype(np.float32, copy=False), layers, kv_heads, head_dim)
     return graph.model("tweetgen_llama")
 
 
@@ -271,6 +235,31 @@ class _Graph:
     def layer_norm(self, x: str, scale: np.ndarray, bias: np.ndarray, name: str, epsilon: float) -> str:
         return self.node("LayerNormalization", [x, self.const(name + ".weight", scale), self.const(name + ".bias", bias)],
                          axis=-1, epsilon=epsilon)
+
+    def cache_inputs(self, layers: int, kv_heads: int, head_dim: int) -> None:
+        """The KV cache inputs and GroupQueryAttention's sequence lengths."""
+        cache = ["batch_size", kv_heads, "past_sequence_length", head_dim]
+        for i in range(layers):
+            self.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache)
+            self.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache)
+        self.input("seqlens_k", TensorProto.INT32, ["batch_size"])  # a row's tokens so far (this step's too) - 1
+        self.input("total_sequence_length", TensorProto.INT32, [])  # tokens so far, this step's included
+
+    def logits_and_cache_outputs(self, final: str, head: np.ndarray, layers: int, kv_heads: int,
+                                 head_dim: int) -> None:
+        """The output layer (`head`: (vocab, width), as PyTorch keeps it) on the positions from `logits_start` on,
+        and the graph's outputs. The runtime asks for the last position only, which saves the output layer's work
+        and memory for every other position of a prompt (200 tokens of GPT-2: 40 MB)."""
+        self.input("logits_start", TensorProto.INT64, [1])
+        end = self.const("logits_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+        axis = self.const("logits_axis", np.array([1], dtype=np.int64))
+        final = self.node("Slice", [final, "logits_start", end, axis])
+        self.node("MatMul", [final, self.const("lm_head.weight", np.ascontiguousarray(head.T))], outputs=["logits"])
+        self.output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", head.shape[0]])
+        present = ["batch_size", kv_heads, "total_sequence_length", head_dim]
+        for i in range(layers):
+            self.output(f"present.{i}.key", TensorProto.FLOAT, present)
+            self.output(f"present.{i}.value", TensorProto.FLOAT, present)
 
     def rms_norm(self, x: str, scale: np.ndarray, name: str, epsilon: float) -> str:
         return self.node("SimplifiedLayerNormalization", [x, self.const(name + ".weight", scale)], axis=-1,
