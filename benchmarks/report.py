@@ -140,22 +140,27 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _best_fp32_peer(rows: dict) -> str | None:
+    """The fastest CPU fp32 row that is not tweetgen's (batch-1 tok/s)."""
+    peers = {e: _tok_s(rows, e) for e in rows if precision_of(e) == "fp32" and _family(e) != "tweetgen"
+             and "cuda" not in e and _tok_s(rows, e)}
+    return max(peers, key=peers.get) if peers else None
+
+
 def ratios(summary: dict) -> dict:
     """The issue's targets, as side-by-side ratios (> 1: tweetgen is faster). None where a row is missing."""
     out = {}
     for model, data in summary.items():
         rows = data["engines"]
         mine = _tok_s(rows, "tweetgen-int8")
-        fp32_peers = {e: _tok_s(rows, e) for e in rows if precision_of(e) == "fp32" and _family(e) != "tweetgen"
-                      and "cuda" not in e and _tok_s(rows, e)}
-        best = max(fp32_peers, key=fp32_peers.get) if fp32_peers else None
+        best = _best_fp32_peer(rows)
         sample = rows.get("tweetgen-int8", {}).get("sample5", {})
         out[model] = {
             "tweetgen-int8 / llamacpp-q8_0": _ratio(mine, _tok_s(rows, "llamacpp-q8_0")),
             "tweetgen-int8 / optimum-int8": _ratio(mine, _tok_s(rows, "optimum-int8")),
             "tweetgen-int8 / pytorch-fp32": _ratio(mine, _tok_s(rows, "pytorch-fp32")),
             f"tweetgen-fp32 / best fp32 peer ({best})": _ratio(_tok_s(rows, "tweetgen-fp32"),
-                                                               fp32_peers.get(best)),
+                                                               _tok_s(rows, best) if best else None),
             "tweetgen-int8 5x64 sampled: total s": sample.get("total_s"),
             "tweetgen-int8 5x64 sampled: tok/s": sample.get("tok_s"),
             "tweetgen-run cold start to first tweet: s": data["cold_start"].get("first_tweet_s"),
@@ -179,13 +184,12 @@ def round_ratios(raw: dict[str, dict[str, list[dict]]], summary: dict) -> dict:
     spread over rounds shows how much of a ratio is the machine's drift. {model: {name: [ratio per round]}}."""
     out = {}
     for model, engines in raw.items():
-        named = {name.split(" (")[0]: name for name in ratios(summary)[model]}
-        best_fp32 = named["tweetgen-fp32 / best fp32 peer"].partition("(")[2].rstrip(")")
+        best_fp32 = _best_fp32_peer(summary[model]["engines"])
         pairs = {"tweetgen-int8 / llamacpp-q8_0": ("tweetgen-int8", "llamacpp-q8_0", "short"),
                  "tweetgen-int8 / llamacpp-q8_0, 200-token prompt": ("tweetgen-int8", "llamacpp-q8_0", "long"),
                  "tweetgen-int8 / optimum-int8": ("tweetgen-int8", "optimum-int8", "short"),
                  "tweetgen-int8 / pytorch-fp32": ("tweetgen-int8", "pytorch-fp32", "short"),
-                 named["tweetgen-fp32 / best fp32 peer"]: ("tweetgen-fp32", best_fp32, "short")}
+                 f"tweetgen-fp32 / best fp32 peer ({best_fp32})": ("tweetgen-fp32", best_fp32, "short")}
         out[model] = {}
         for name, (mine, peer, key) in pairs.items():
             rounds = zip(engines.get(mine, []), engines.get(peer, []))
