@@ -153,6 +153,14 @@ def export_int8_method(onnx: Path) -> str | None:
     return (_export_info(onnx).get("int8") or {}).get("method")
 
 
+def graph_inputs(path: Path) -> set[str]:
+    """The input names of an ONNX graph, without reading its weights (a fused graph from before its top_k input
+    lacks the TopK output the runtime now reads)."""
+    import onnx
+
+    return {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+
+
 def int8_method_for(config: dict) -> str:
     """Random weights make a perplexity check meaningless: GPT-2 shapes get the per-tensor kind, which the export
     keeps for a trained GPT-2 when it passes that check (the default model's card says which kind it kept); other
@@ -162,13 +170,14 @@ def int8_method_for(config: dict) -> str:
 
 def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
     """Export unless `out` holds this kind of export already: the graph and the int8 kind wanted (a cached export
-    of another graph or int8 kind, or from before the kinds were recorded, is redone)."""
+    of another graph or int8 kind, from before the kinds were recorded, or a fused graph without top_k is redone)."""
     from trainer.fuse import can_fuse
 
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     wanted = "fused" if fuse and can_fuse(config) else "optimum"
     if not (out / "model_quantized.onnx").is_file() or export_graph(out) != wanted \
-            or export_int8_method(out) != int8_method_for(config):
+            or export_int8_method(out) != int8_method_for(config) \
+            or (wanted == "fused" and "top_k" not in graph_inputs(out / "model_quantized.onnx")):
         _export(hf, out, name, fp16, fuse=wanted == "fused")
     elif fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
         from trainer.quantize import convert_fp16

@@ -3,7 +3,8 @@
 It drives an Optimum "text-generation-with-past" ONNX export: inputs `input_ids`, `attention_mask`, optional
 `position_ids` and `past_key_values.{i}.key/value`; outputs `logits` and `present.{i}.key/value`. Names, layer count,
 KV heads and dtype are read from the session. tweetgen's own graphs (trainer.fuse) also take `seqlens_k` and
-`total_sequence_length` and, on the CPU, write the cache into buffers in place. For n samples the prompt is run once
+`total_sequence_length` and, on the CPU, write the cache into buffers in place; they also give each row's top_k
+largest logits and their ids, which is all that greedy decoding and top-k sampling read. For n samples the prompt is run once
 and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelFolderError
-from .sampling import SamplingParams, penalize_repeats, sample
+from .sampling import SamplingParams, draw, penalize_repeats, sample
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
@@ -39,6 +40,7 @@ class GraphSpec:
     has_seqlens: bool = False  # GroupQueryAttention inputs seqlens_k and total_sequence_length (trainer.fuse)
     vocab_size: int | None = None  # the logits' last dimension, when the graph fixes it
     has_logits_start: bool = False  # input logits_start: logits only from this position on (trainer.fuse)
+    has_top_k: bool = False  # input top_k, outputs top_logits and top_ids: each row's best tokens (trainer.fuse)
 
     @property
     def layers(self) -> int:
@@ -56,6 +58,8 @@ def step_feeds(spec: GraphSpec, ids: np.ndarray, past_length: int) -> dict[str, 
         feeds["position_ids"] = np.broadcast_to(positions, (batch, new)).copy()
     if spec.has_logits_start:  # every position's logits (see last_logits_only)
         feeds["logits_start"] = np.zeros(1, dtype=np.int64)
+    if spec.has_top_k:  # the graph always runs its TopK: the least work unless the caller asks for more
+        feeds["top_k"] = np.ones(1, dtype=np.int64)
     if spec.has_seqlens:
         feeds["seqlens_k"] = np.full(batch, past_length + new - 1, dtype=np.int32)
         feeds["total_sequence_length"] = np.array(past_length + new, dtype=np.int32)
@@ -102,6 +106,7 @@ def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
         kv_heads=int(kv_heads), head_dim=int(head_dim), cache_dtype=_DTYPES[first.type],
         has_seqlens="seqlens_k" in inputs and "total_sequence_length" in inputs,
         has_logits_start="logits_start" in inputs,
+        has_top_k="top_k" in inputs and "top_logits" in outputs and "top_ids" in outputs,
         vocab_size=vocab if isinstance(vocab := logits_shape[-1], int) else None)
 
 
@@ -156,7 +161,8 @@ class Engine:
 
     def _decode(self, prompt: np.ndarray, n: int, max_new_tokens: int, params: SamplingParams,
                 rng: np.random.Generator, done: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        forward = _InPlaceRuns(self).forward if self.shared_cache else self._forward
+        top = self._top_request(params)
+        forward = _InPlaceRuns(self, top).forward if self.shared_cache else self._forward
         if self.io_binding:
             # The cache lives on the device and cannot be copied row-wise there: run the prompt as n rows at once.
             logits, past = forward(np.repeat(prompt[None, :], n, axis=0), self._empty_past(n), 0)
@@ -164,9 +170,9 @@ class Engine:
             # The n rows' buffers, for every position ever cached; the prompt runs once, into row 0's (a contiguous
             # view), and only its positions are copied to the other rows.
             past = self._empty_past(n, len(prompt) + max_new_tokens - 1)
-            logits, _ = forward(prompt[None, :], [p[:1] for p in past], 0)  # (1, V)
+            logits, _ = forward(prompt[None, :], [p[:1] for p in past], 0)  # (1, V), or (1, top) values and ids
             if n > 1:
-                logits = np.repeat(logits, n, axis=0)
+                logits = _rows(logits, np.zeros(n, dtype=np.intp))
                 for buffer in past:
                     buffer[1:, :, :len(prompt)] = buffer[:1, :, :len(prompt)]
         else:
@@ -183,10 +189,14 @@ class Engine:
         for step in range(max_new_tokens):
             live = ~done[batch]  # (B,) rows of the batch still writing; all of them unless on the device
             rows = batch[live]
-            row_logits = logits if live.all() else logits[live]
-            if seen is not None:
-                row_logits = penalize_repeats(row_logits, seen[rows], params.repetition_penalty)
-            tokens = sample(row_logits, params, rng)  # (R,)
+            row_logits = logits if live.all() else _rows(logits, live)
+            if top:  # the graph ranked each row's best tokens
+                values, ids = row_logits
+                tokens = ids[:, 0].astype(np.int64) if params.greedy else draw(ids, values, params, rng)
+            else:
+                if seen is not None:
+                    row_logits = penalize_repeats(row_logits, seen[rows], params.repetition_penalty)
+                tokens = sample(row_logits, params, rng)  # (R,)
             done[rows[(tokens[:, None] == self.eos_token_ids).any(axis=1)]] = True
             if seen is not None:
                 seen[rows, tokens] = True
@@ -198,11 +208,22 @@ class Engine:
                 feed = np.full(len(batch), self.eos_token_ids[0] if len(self.eos_token_ids) else 0, np.int64)
                 feed[live] = tokens
             else:
-                if not keep.all():  # finished rows leave the batch: one copy of the cache now, less work after
-                    past = [p[keep] for p in past]
+                if not keep.all():  # finished rows leave the batch: less work after
+                    past = _leave(past, keep, length) if self.shared_cache else [p[keep] for p in past]
                 batch, feed = rows[keep], tokens[keep]
             logits, past = forward(feed[:, None], past, length)
             length += 1
+
+    def _top_request(self, params: SamplingParams) -> int:
+        """How many of each row's best tokens to take from the graph instead of its logits (0: the logits): the
+        in-place CPU path on a graph with a TopK output, when the choice needs no more (greedy, or top-k sampling
+        without a repetition penalty, which changes logits before the ranking)."""
+        vocab = self.spec.vocab_size
+        if not (self.shared_cache and self.spec.has_top_k and vocab) or params.repetition_penalty != 1.0:
+            return 0
+        if params.greedy:
+            return 1
+        return params.top_k if 0 < params.top_k < vocab else 0
 
     def _empty_past(self, batch: int, capacity: int = 0) -> list[np.ndarray]:
         """The cache before the prompt: empty, or (shared_cache) zeroed buffers of `capacity` positions each."""
@@ -255,22 +276,47 @@ class Engine:
         return out
 
 
+def _leave(buffers: list[np.ndarray], keep: np.ndarray, length: int) -> list[np.ndarray]:
+    """Shared-cache buffers without the rows not in `keep`: the kept rows move up, in order, within the same
+    buffers (only their first `length` positions hold anything), and the buffers' first rows are the new ones. A
+    copy of the kept rows into new buffers cost ~5 ms a time for 5 rows of GPT-2 124M; this moves only the rows after the
+    first one leaving."""
+    kept = np.flatnonzero(keep)
+    moved = np.flatnonzero(kept != np.arange(len(kept)))  # slots that take a later row
+    if len(moved):
+        for buffer in buffers:
+            buffer[moved, :, :length] = buffer[kept[moved], :, :length]
+    return [buffer[:len(kept)] for buffer in buffers]
+
+
+def _rows(scores: np.ndarray | tuple[np.ndarray, ...], index: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+    """The rows `index` (a bool mask or row numbers) of a step's logits, or of each of its (values, ids)."""
+    if isinstance(scores, tuple):
+        return tuple(part[index] for part in scores)
+    return scores[index]
+
+
 class _InPlaceRuns:
     """The runs of one generate call on a shared-cache graph: one buffer per layer is bound as both past and present,
     and the graph writes each step's keys and values into it. The binding of the buffers is kept while they stay
     the same list (they change when the prompt's cache is copied to n rows, or rows leave the batch). So are the
     inputs and the logits buffer while the step's shape stays the same: a decoding step only writes its token ids
-    and positions into the bound arrays. The logits returned are overwritten by the next call."""
+    and positions into the bound arrays. With `top` > 0 a call returns each row's `top` largest logits and their ids
+    (the graph's TopK) instead of the logits. What a call returns is overwritten by the next call."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, top: int = 0) -> None:
         self.engine = engine
+        self.top = top
         self.binding = engine.session.io_binding()
         self.bound: list | None = None
         self.feeds: dict[str, np.ndarray] = {}  # bound by pointer: alive and in place while bound
         self.shape: tuple[int, int] | None = None  # the (B, S) the feeds are bound for
         self.logits: np.ndarray | None = None
+        self.best: tuple[np.ndarray, np.ndarray] | None = None  # top_logits and top_ids, when top
 
-    def forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
+    def forward(self, ids: np.ndarray, past: list, past_length: int
+                ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], list]:
+        """One run: the last position's logits (B, V), or with `top` its (values, ids) (B, top) each; the cache."""
         spec, binding = self.engine.spec, self.binding
         if past is not self.bound:
             for past_name, present_name, buffer in zip(spec.past_names, spec.present_names, past):
@@ -283,23 +329,35 @@ class _InPlaceRuns:
         else:
             self._bind(ids, past_length)
         self.engine.session.run_with_iobinding(binding)
+        if self.best is not None:
+            values, ids = self.best
+            return (values[:, -1, :], ids[:, -1, :]), past
         logits = self.logits if self.logits is not None else binding.get_outputs()[0].numpy()
         return logits[:, -1, :].astype(np.float32, copy=False), past
 
     def _bind(self, ids: np.ndarray, past_length: int) -> None:
         spec, binding = self.engine.spec, self.binding
         self.feeds = last_logits_only(spec, step_feeds(spec, ids, past_length), ids.shape[1])
+        if self.top:
+            self.feeds["top_k"][...] = self.top
         for name, value in self.feeds.items():
             binding.bind_cpu_input(name, value)
         self.shape = ids.shape
         if spec.vocab_size is not None:  # written straight into an array of ours
             rows = 1 if "logits_start" in self.feeds else ids.shape[1]
-            self.logits = np.empty((ids.shape[0], rows, spec.vocab_size), dtype=spec.cache_dtype)
-            binding.bind_output("logits", "cpu", 0, self.logits.dtype.type, list(self.logits.shape),
-                                self.logits.ctypes.data)
+            self.logits = self._bind_output("logits", (ids.shape[0], rows, spec.vocab_size), spec.cache_dtype)
+            if self.top:
+                shape = (ids.shape[0], rows, self.top)
+                self.best = (self._bind_output("top_logits", shape, spec.cache_dtype),
+                             self._bind_output("top_ids", shape, np.int64))
         else:
             self.logits = None
             binding.bind_output("logits", "cpu")
+
+    def _bind_output(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        array = np.empty(shape, dtype=dtype)
+        self.binding.bind_output(name, "cpu", 0, array.dtype.type, list(shape), array.ctypes.data)
+        return array
 
     def _update(self, ids: np.ndarray, past_length: int) -> None:
         """What step_feeds would give for this step, written into the bound arrays (same shapes)."""

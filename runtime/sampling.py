@@ -64,7 +64,17 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         candidates = top_k_indices(logits, params.top_k)
     else:
         candidates = np.broadcast_to(np.arange(vocab), (batch, vocab))
-    values = np.take_along_axis(logits, candidates, axis=-1).astype(np.float64) / params.temperature
+    return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng)
+
+
+def draw(candidates: np.ndarray, values: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
+    """Pick one of each row's candidate tokens: temperature, top-p, then a draw (top-k chose the candidates).
+
+    candidates: (B, C) token ids; values: (B, C) their logits. Candidates with equal logits rank in the order they
+    are given. Returns (B,) int64.
+    """
+    batch = candidates.shape[0]
+    values = values.astype(np.float64) / params.temperature
     order = np.argsort(-values, axis=-1, kind="stable")
     candidates = np.take_along_axis(candidates, order, axis=-1)
     values = np.take_along_axis(values, order, axis=-1)  # (B, C) most likely first

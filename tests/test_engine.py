@@ -108,3 +108,17 @@ def test_device_resident_cache_path_gives_the_same_ids(gpt2):
         assert run(bound, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
         early += sum(eos in row for row in want)
     assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
+
+
+def test_rows_leaving_a_shared_cache_move_up_in_place_and_in_order():
+    from runtime.engine import _leave
+
+    buffers = [np.arange(5 * 2 * 6 * 3, dtype=np.float32).reshape(5, 2, 6, 3) + 1000 * i for i in range(2)]
+    before = [b.copy() for b in buffers]
+    left = _leave(buffers, np.array([True, False, True, False, True]), length=4)
+    for buffer, after, original in zip(buffers, left, before):
+        assert after.shape == (3, 2, 6, 3) and np.shares_memory(after, buffer) and after.flags.c_contiguous
+        assert (after[:, :, :4] == original[[0, 2, 4], :, :4]).all()  # the positions that hold anything
+    # nothing moves when only the last rows leave
+    again = _leave(left, np.array([True, True, False]), length=4)
+    assert (again[0][:, :, :4] == before[0][[0, 2], :, :4]).all()

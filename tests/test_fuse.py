@@ -26,9 +26,11 @@ def run(session, ids, past, past_length, layers):
     if "seqlens_k" in names:
         feeds["seqlens_k"] = np.full(batch, past_length + new - 1, np.int32)
         feeds["total_sequence_length"] = np.array(past_length + new, np.int32)
+    if "top_k" in names:
+        feeds["top_k"] = np.ones(1, np.int64)
     for i in range(layers):
         feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
-    logits, *present = session.run(None, feeds)
+    logits, *present = session.run([o.name for o in session.get_outputs() if not o.name.startswith("top_")], feeds)
     return logits, present
 
 
@@ -71,14 +73,16 @@ def test_the_fused_graph_matches_optimum_with_and_without_a_cache(graphs):
 def test_the_fused_graph_is_small_and_keeps_the_runtime_interface(graphs):
     config, path, (optimum, fused) = graphs
     model = onnx.load(str(path))
-    assert len(model.graph.node) <= 12 * config["n_layer"] + 8
+    assert len(model.graph.node) <= 12 * config["n_layer"] + 9
     assert len(onnx.load(str(FIXTURES / "tiny_gpt2" / "model.onnx")).graph.node) > 5 * len(model.graph.node)
     ops = {n.op_type for n in model.graph.node}
     assert {"GroupQueryAttention", "FastGelu", "LayerNormalization"} <= ops
     optimum_inputs = {i.name for i in optimum.get_inputs()} - {"attention_mask"}
     assert {i.name for i in fused.get_inputs()} == optimum_inputs | {"seqlens_k", "total_sequence_length",
-                                                                     "logits_start"}
-    assert [o.name for o in fused.get_outputs()] == [o.name for o in optimum.get_outputs()]
+                                                                     "logits_start", "top_k"}
+    # Optimum's outputs in the same order, then each position's best tokens
+    assert [o.name for o in fused.get_outputs()] == [o.name for o in optimum.get_outputs()] + ["top_logits",
+                                                                                              "top_ids"]
 
 
 def test_only_plain_gpt2_and_llama_are_fused(tmp_path):
@@ -148,6 +152,46 @@ def test_the_cache_written_in_place_decodes_as_the_copied_cache(fused_generator)
     assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
 
 
+def test_the_top_outputs_are_each_position_s_largest_logits_in_order(graphs):
+    config, _, (_, fused) = graphs
+    layers, heads, size = config["n_layer"], config["n_head"], config["n_embd"] // config["n_head"]
+    prompt = np.random.default_rng(2).integers(0, config["vocab_size"], (2, 5)).astype(np.int64)
+    feeds = {"input_ids": prompt, "position_ids": np.broadcast_to(np.arange(5), (2, 5)).copy(),
+             "seqlens_k": np.full(2, 4, np.int32), "total_sequence_length": np.array(5, np.int32),
+             "logits_start": np.zeros(1, np.int64), "top_k": np.array([7], np.int64)}
+    feeds.update({f"past_key_values.{i}.{kind}": np.zeros((2, heads, 0, size), np.float32)
+                  for i in range(layers) for kind in ("key", "value")})
+    logits, values, ids = fused.run(["logits", "top_logits", "top_ids"], feeds)
+    assert values.shape == ids.shape == (2, 5, 7)
+    expected = np.argsort(-logits, axis=-1, kind="stable")[..., :7]  # largest first, equal ones by id
+    assert (ids == expected).all()
+    assert (values == np.take_along_axis(logits, expected, axis=-1)).all()
+
+
+def test_greedy_and_top_k_read_the_graph_s_best_tokens_and_draw_as_the_logits_do(fused_generator):
+    from test_engine import PROMPT, run
+
+    from runtime.sampling import SamplingParams
+
+    engine = fused_generator.engine
+    logits_only = engine_like(fused_generator, shared_cache=False)  # never asks the graph for its best tokens
+    eos = int(engine.eos_token_ids[0])
+    early = 0
+    for params in (SamplingParams(temperature=0), SamplingParams(temperature=0.8, top_k=20, top_p=0.9),
+                   SamplingParams(temperature=1.5, top_k=5), SamplingParams(temperature=1.5, top_k=399)):
+        assert engine._top_request(params) == (1 if params.greedy else params.top_k)
+        assert logits_only._top_request(params) == 0
+        for seed in range(6):
+            want = run(logits_only, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed)
+            assert run(engine, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed) == want
+            early += sum(eos in row for row in want)
+    assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
+    # a repetition penalty changes the logits before the ranking, and top_k 0 keeps every token: the logits
+    assert engine._top_request(SamplingParams(top_k=20, repetition_penalty=1.2)) == 0
+    assert engine._top_request(SamplingParams(top_k=0)) == 0
+    assert engine._top_request(SamplingParams(top_k=engine.spec.vocab_size)) == 0
+
+
 def test_a_graph_without_seqlens_cannot_share_its_cache():
     from runtime import Generator
 
@@ -165,9 +209,9 @@ def test_logits_start_gives_the_last_positions_only(graphs):
     every, cache = run(fused, prompt, empty, 0, layers)
     feeds = {"input_ids": prompt, "position_ids": np.broadcast_to(np.arange(6), (2, 6)).copy(),
              "seqlens_k": np.full(2, 5, np.int32), "total_sequence_length": np.array(6, np.int32),
-             "logits_start": np.array([5], np.int64)}
+             "logits_start": np.array([5], np.int64), "top_k": np.ones(1, np.int64)}
     feeds.update({f"past_key_values.{i}.{kind}": empty[0] for i in range(layers) for kind in ("key", "value")})
-    last, *last_cache = fused.run(None, feeds)
+    last, *last_cache = fused.run([o.name for o in fused.get_outputs() if not o.name.startswith("top_")], feeds)
     assert last.shape == (2, 1, config["vocab_size"]) and np.abs(last[:, 0] - every[:, -1]).max() < 1e-5
     assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(last_cache, cache))
 
@@ -196,7 +240,7 @@ def test_the_fused_llama_graph_computes_what_pytorch_does(llama16):
 
     config = json.loads((llama16 / "config.json").read_text())
     model = fused_llama(weights_of_folder(llama16), config)
-    assert len(model.graph.node) <= 12 * config["num_hidden_layers"] + 6
+    assert len(model.graph.node) <= 12 * config["num_hidden_layers"] + 7
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert "position_ids" not in {i.name for i in session.get_inputs()}
     torch_model = AutoModelForCausalLM.from_pretrained(str(llama16), dtype=torch.float32).eval()

@@ -11,8 +11,11 @@ residual Adds (onnxruntime fuses MatMul with its bias, and Add with the next Lay
 `input_ids`, `position_ids`, `past_key_values.{i}.key/value` (batch, heads, past, head size), `seqlens_k` (int32,
 per row: tokens so far including this step's, minus 1) and `total_sequence_length` (int32 scalar); outputs `logits`
 (batch, sequence - logits_start, vocabulary) and `present.{i}.key/value`, where `logits_start` (int64, shape
-(1,)) is the first position whose logits are wanted. Fed a past of exactly the tokens so far, it returns the
-longer cache, as Optimum's graph does. Given one preallocated buffer as both past and present (IO binding),
+(1,)) is the first position whose logits are wanted; and `top_logits`/`top_ids` (batch, positions, top_k): each
+position's `top_k` (int64, shape (1,)) largest logits, largest first (equal ones: the lower id first), and their
+token ids, so that sampling reads 50 numbers a row instead of 50,257 (onnxruntime runs the TopK node whatever
+outputs are asked for: feed top_k 1 when only the logits are read). Fed a past of exactly the tokens so far, it
+returns the longer cache, as Optimum's graph does. Given one preallocated buffer as both past and present (IO binding),
 GroupQueryAttention writes the new keys and values into it in place: the runtime's CPU path does that, so the cache
 is never copied per token. There is no attention_mask: the runtime never pads (a batch's rows share one prompt).
 `fused_llama` does the same for Llama models such as SmolLM2 (Optimum's graph of SmolLM2-135M: ~4,000 nodes;
@@ -249,7 +252,8 @@ class _Graph:
                                  head_dim: int) -> None:
         """The output layer (`head`: (vocab, width), as PyTorch keeps it) on the positions from `logits_start` on,
         and the graph's outputs. The runtime asks for the last position only, which saves the output layer's work
-        and memory for every other position of a prompt (200 tokens of GPT-2: 40 MB)."""
+        and memory for every other position of a prompt (200 tokens of GPT-2: 40 MB). Then each position's top_k
+        largest logits and their ids (TopK: sorted, the lower id first among equal logits)."""
         self.input("logits_start", TensorProto.INT64, [1])
         end = self.const("logits_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
         axis = self.const("logits_axis", np.array([1], dtype=np.int64))
@@ -260,6 +264,10 @@ class _Graph:
         for i in range(layers):
             self.output(f"present.{i}.key", TensorProto.FLOAT, present)
             self.output(f"present.{i}.value", TensorProto.FLOAT, present)
+        self.input("top_k", TensorProto.INT64, [1])
+        self.node("TopK", ["logits", "top_k"], outputs=["top_logits", "top_ids"], axis=-1, largest=1, sorted=1)
+        self.output("top_logits", TensorProto.FLOAT, ["batch_size", "sequence_length", "top_k"])
+        self.output("top_ids", TensorProto.INT64, ["batch_size", "sequence_length", "top_k"])
 
     def rms_norm(self, x: str, scale: np.ndarray, name: str, epsilon: float) -> str:
         return self.node("SimplifiedLayerNormalization", [x, self.const(name + ".weight", scale)], axis=-1,

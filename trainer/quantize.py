@@ -150,12 +150,16 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> None:
     clamped to +-65504 by the converter.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model = onnx.load(str(fp32_path))
     large = is_large(fp32_path)
     # The converter runs onnx shape inference, which cannot take a proto over 2 GB: skip it then.
     model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=large)
+    # The converter keeps some ops in float32 (TopK among them) and appends the casts it puts before them at the end
+    # of the graph, after their readers: put the nodes back in an order onnx accepts.
+    OnnxModel(model).topological_sort()
     save_onnx(model, out_path, large)
 
 
