@@ -192,7 +192,7 @@ class Engine:
             row_logits = logits if live.all() else _rows(logits, live)
             if top:  # the graph ranked each row's best tokens
                 values, ids = row_logits
-                tokens = ids[:, 0].astype(np.int64) if params.greedy else draw(ids, values, params, rng)
+                tokens = ids[:, 0].astype(np.int64) if params.greedy else draw(ids, values, params, rng, ranked=True)
             else:
                 if seen is not None:
                     row_logits = penalize_repeats(row_logits, seen[rows], params.repetition_penalty)

@@ -67,17 +67,19 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng)
 
 
-def draw(candidates: np.ndarray, values: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
+def draw(candidates: np.ndarray, values: np.ndarray, params: SamplingParams, rng: np.random.Generator, *,
+         ranked: bool = False) -> np.ndarray:
     """Pick one of each row's candidate tokens: temperature, top-p, then a draw (top-k chose the candidates).
 
     candidates: (B, C) token ids; values: (B, C) their logits. Candidates with equal logits rank in the order they
-    are given. Returns (B,) int64.
+    are given; `ranked` says they are given largest first already. Returns (B,) int64.
     """
     batch = candidates.shape[0]
     values = values.astype(np.float64) / params.temperature
-    order = np.argsort(-values, axis=-1, kind="stable")
-    candidates = np.take_along_axis(candidates, order, axis=-1)
-    values = np.take_along_axis(values, order, axis=-1)  # (B, C) most likely first
+    if not ranked:
+        order = np.argsort(-values, axis=-1, kind="stable")
+        rows = np.arange(batch)[:, None]
+        candidates, values = candidates[rows, order], values[rows, order]  # (B, C) most likely first
     probs = np.exp(values - values[:, :1])
     probs /= probs.sum(axis=-1, keepdims=True)
     if params.top_p < 1.0:
