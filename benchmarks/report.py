@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.engines.base import precision_of
+from benchmarks.engines.base import HUGE_PAGES, precision_of
 from benchmarks.models import ModelSet
 
 REFERENCE = "tweetgen-fp32"  # every other row's greedy ids are compared with this one's
@@ -147,27 +147,35 @@ def _best_fp32_peer(rows: dict) -> str | None:
     return max(peers, key=peers.get) if peers else None
 
 
+def _target_rows(rows: dict) -> list[tuple[str, str]]:
+    """(int8 row, fp32 row) pairs the targets are computed for: the default load, and with huge pages when run."""
+    return [(f"tweetgen-int8{suffix}", f"tweetgen-fp32{suffix}") for suffix in ("", HUGE_PAGES)
+            if suffix == "" or f"tweetgen-int8{suffix}" in rows]
+
+
 def ratios(summary: dict) -> dict:
     """The issue's targets, as side-by-side ratios (> 1: tweetgen is faster). None where a row is missing."""
     out = {}
     for model, data in summary.items():
         rows = data["engines"]
-        mine = _tok_s(rows, "tweetgen-int8")
         best = _best_fp32_peer(rows)
-        sample = rows.get("tweetgen-int8", {}).get("sample5", {})
-        out[model] = {
-            "tweetgen-int8 / llamacpp-q8_0": _ratio(mine, _tok_s(rows, "llamacpp-q8_0")),
-            "tweetgen-int8 / optimum-int8": _ratio(mine, _tok_s(rows, "optimum-int8")),
-            "tweetgen-int8 / pytorch-fp32": _ratio(mine, _tok_s(rows, "pytorch-fp32")),
-            f"tweetgen-fp32 / best fp32 peer ({best})": _ratio(_tok_s(rows, "tweetgen-fp32"),
-                                                               _tok_s(rows, best) if best else None),
-            "tweetgen-int8 5x64 sampled: total s": sample.get("total_s"),
-            "tweetgen-int8 5x64 sampled: tok/s": sample.get("tok_s"),
-            "tweetgen-run cold start to first tweet: s": data["cold_start"].get("first_tweet_s"),
-            "tweetgen-int8 peak RSS MB": rows.get("tweetgen-int8", {}).get("peak_rss_mb"),
-        }
+        out[model] = {}
+        for int8, fp32 in _target_rows(rows):
+            mine = _tok_s(rows, int8)
+            sample = rows.get(int8, {}).get("sample5", {})
+            out[model].update({
+                f"{int8} / llamacpp-q8_0": _ratio(mine, _tok_s(rows, "llamacpp-q8_0")),
+                f"{int8} / optimum-int8": _ratio(mine, _tok_s(rows, "optimum-int8")),
+                f"{int8} / pytorch-fp32": _ratio(mine, _tok_s(rows, "pytorch-fp32")),
+                f"{fp32} / best fp32 peer ({best})": _ratio(_tok_s(rows, fp32), _tok_s(rows, best) if best else None),
+                f"{int8} 5x64 sampled: total s": sample.get("total_s"),
+                f"{int8} 5x64 sampled: tok/s": sample.get("tok_s"),
+                f"{int8} peak RSS MB": rows.get(int8, {}).get("peak_rss_mb"),
+            })
+        out[model]["tweetgen-run cold start to first tweet: s"] = data["cold_start"].get("first_tweet_s")
+        targets = {row for pair in _target_rows(rows) for row in pair}
         for engine in rows:  # any extra graph the runtime ships (e.g. tweetgen-optimized) against the best peer
-            if _family(engine) == "tweetgen" and engine not in ("tweetgen-fp32", "tweetgen-int8"):
+            if _family(engine) == "tweetgen" and engine not in targets and not engine.endswith(HUGE_PAGES):
                 out[model][f"{engine} / llamacpp-q8_0"] = _ratio(_tok_s(rows, engine), _tok_s(rows, "llamacpp-q8_0"))
     return out
 
@@ -185,11 +193,13 @@ def round_ratios(raw: dict[str, dict[str, list[dict]]], summary: dict) -> dict:
     out = {}
     for model, engines in raw.items():
         best_fp32 = _best_fp32_peer(summary[model]["engines"])
-        pairs = {"tweetgen-int8 / llamacpp-q8_0": ("tweetgen-int8", "llamacpp-q8_0", "short"),
-                 "tweetgen-int8 / llamacpp-q8_0, 200-token prompt": ("tweetgen-int8", "llamacpp-q8_0", "long"),
-                 "tweetgen-int8 / optimum-int8": ("tweetgen-int8", "optimum-int8", "short"),
-                 "tweetgen-int8 / pytorch-fp32": ("tweetgen-int8", "pytorch-fp32", "short"),
-                 f"tweetgen-fp32 / best fp32 peer ({best_fp32})": ("tweetgen-fp32", best_fp32, "short")}
+        pairs = {}
+        for int8, fp32 in _target_rows(summary[model]["engines"]):
+            pairs.update({f"{int8} / llamacpp-q8_0": (int8, "llamacpp-q8_0", "short"),
+                          f"{int8} / llamacpp-q8_0, 200-token prompt": (int8, "llamacpp-q8_0", "long"),
+                          f"{int8} / optimum-int8": (int8, "optimum-int8", "short"),
+                          f"{int8} / pytorch-fp32": (int8, "pytorch-fp32", "short"),
+                          f"{fp32} / best fp32 peer ({best_fp32})": (fp32, best_fp32, "short")})
         out[model] = {}
         for name, (mine, peer, key) in pairs.items():
             rounds = zip(engines.get(mine, []), engines.get(peer, []))

@@ -4,8 +4,8 @@ It drives an Optimum "text-generation-with-past" ONNX export: inputs `input_ids`
 `position_ids` and `past_key_values.{i}.key/value`; outputs `logits` and `present.{i}.key/value`. Names, layer count,
 KV heads and dtype are read from the session. tweetgen's own graphs (trainer.fuse) also take `seqlens_k` and
 `total_sequence_length` and, on the CPU, write the cache into buffers in place; they also give each row's top_k
-largest logits and their ids, which is all that greedy decoding and top-k sampling read. For n samples the prompt is run once
-and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
+largest logits and their ids, which is all that greedy decoding and top-k sampling read. For n samples the prompt is
+run once and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
 """
 
 from __future__ import annotations
@@ -279,8 +279,8 @@ class Engine:
 def _leave(buffers: list[np.ndarray], keep: np.ndarray, length: int) -> list[np.ndarray]:
     """Shared-cache buffers without the rows not in `keep`: the kept rows move up, in order, within the same
     buffers (only their first `length` positions hold anything), and the buffers' first rows are the new ones. A
-    copy of the kept rows into new buffers cost ~5 ms a time for 5 rows of GPT-2 124M; this moves only the rows after the
-    first one leaving."""
+    copy of the kept rows into new buffers cost ~5 ms a time for 5 rows of GPT-2 124M; this moves only the rows
+    after the first one leaving."""
     kept = np.flatnonzero(keep)
     moved = np.flatnonzero(kept != np.arange(len(kept)))  # slots that take a later row
     if len(moved):

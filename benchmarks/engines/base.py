@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class BenchEngine:
         raise NotImplementedError
 
 
+HUGE_PAGES = "-hugepages"  # a tweetgen row and variant with this ending loads with huge_pages=True
+
+
 def require(module: str, hint: str):
     """Import an optional dependency or raise Unavailable with how to install it."""
     try:
@@ -85,6 +89,9 @@ def engine_specs(models: ModelSet, *, gpu: bool) -> list[EngineSpec]:
     for variant, file in tweetgen_variants(models.onnx).items():
         if precision_of(variant) != "fp16":
             specs.append(EngineSpec(f"tweetgen-{variant}", "tweetgen", file, "tweetgen", precision_of(variant)))
+    if sys.platform.startswith("linux"):  # the shipped variants again, loaded with huge_pages=True (runtime/hugepages.py)
+        specs += [EngineSpec(f"{spec.name}{HUGE_PAGES}", "tweetgen", f"{spec.variant}{HUGE_PAGES}", "tweetgen",
+                             spec.precision) for spec in list(specs) if spec.name in ("tweetgen-fp32", "tweetgen-int8")]
     specs += [
         EngineSpec("pytorch-fp32", "pytorch", "fp32", "pytorch", "fp32"),
         EngineSpec("optimum-fp32", "optimum", "model.onnx", "optimum", "fp32"),

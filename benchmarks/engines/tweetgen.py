@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.engines.base import SAMPLING, BenchEngine, Unavailable
+from benchmarks.engines.base import HUGE_PAGES, SAMPLING, BenchEngine, Unavailable
 
 _PRECISIONS = {"model.onnx": "fp32", "model_quantized.onnx": "int8", "model_fp16.onnx": "fp16"}
 
@@ -18,12 +18,13 @@ class TweetgenEngine(BenchEngine):
 
         if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise Unavailable("no CUDA: onnxruntime-gpu and an NVIDIA GPU are needed")
-        path = Path(self.models.onnx) / self.variant
+        path = Path(self.models.onnx) / self.file
         if not path.is_file():
             raise Unavailable(f"{path} does not exist")
-        precision = _PRECISIONS.get(self.variant)
+        precision = _PRECISIONS.get(self.file)
         if precision is not None:  # what a user gets: the runtime's own loading path
-            loaded = Generator.load(self.models.onnx, device=self.device, precision=precision, threads=self.threads)
+            loaded = Generator.load(self.models.onnx, device=self.device, precision=precision, threads=self.threads,
+                                    huge_pages=self.variant.endswith(HUGE_PAGES))
             folder, tokenizer, session = loaded.folder, loaded.tokenizer, loaded.engine.session
         else:  # an extra graph in the folder (e.g. model_optimized.onnx): the runtime's session options
             from tokenizers import Tokenizer
@@ -40,8 +41,13 @@ class TweetgenEngine(BenchEngine):
                         device=self.device)
         self.generator = Generator(folder, engine, tokenizer, path)
 
+    @property
+    def file(self) -> str:
+        """The ONNX file of the variant (a variant ending in -hugepages loads that file with huge pages)."""
+        return self.variant.removesuffix(HUGE_PAGES)
+
     def model_files(self) -> list[Path]:
-        path = Path(self.models.onnx) / self.variant
+        path = Path(self.models.onnx) / self.file
         return [path, *path.parent.glob(f"{path.name}*data")]
 
     def greedy(self, prompt_ids: list[int], n_new: int) -> list[int]:

@@ -1,0 +1,84 @@
+"""2 MB pages for a session's weights: an opt-in for long-running processes on Linux with glibc.
+
+Batch-1 decoding streams every weight once a token. onnxruntime copies the weights into its own packed buffers at
+load, which the kernel backs with 4 KB pages unless asked otherwise (transparent huge pages are usually "madvise"
+only): GPT-2 124M int8 is then ~32,000 pages a token, far more than the TLB holds. `huge_page_heap` makes the
+allocations of a load come from glibc's main heap, first grown by enough for them and advised (MADV_HUGEPAGE) to
+take 2 MB pages. Measured on GPT-2 124M int8 (2 cores, a VM): ~140 MB of the session on 2 MB pages, batch-1
+decoding ~10% faster, and the load ~0.1-0.25 s slower (the kernel zeroes and maps whole 2 MB pages, here through a
+hypervisor). Worth it for a server that writes many tweets per load, not for one `tweetgen-run`.
+
+Nothing changes where this cannot work (another OS or C library, no [heap] mapping, a refused call): the load goes
+on as usual. Afterwards allocations over 32 MB are mapped on their own again, and free memory at the heap's end over
+64 MB goes back to the system (glibc's own limits once it has seen large allocations).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("tweetgen.runtime")
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt parameters
+_MADV_HUGEPAGE = 14
+_HUGE_PAGE = 2 << 20
+_AFTER_MMAP_THRESHOLD = 32 << 20  # glibc's dynamic threshold's ceiling on 64-bit
+_AFTER_TRIM_THRESHOLD = 64 << 20  # twice that, as glibc sets it when it raises the threshold
+_AFTER_TOP_PAD = 128 << 10  # glibc's default
+_NEVER = 1 << 30
+
+
+def heap_span(maps: str) -> tuple[int, int] | None:
+    """The [heap] mapping's (start, end) in a /proc/PID/maps text, or None."""
+    for line in maps.splitlines():
+        if line.rstrip().endswith("[heap]"):
+            start, end = (int(part, 16) for part in line.split()[0].split("-"))
+            return start, end
+    return None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
+
+
+@contextmanager
+def huge_page_heap(reserve: int) -> Iterator[bool]:
+    """While open, this process's allocations (up to 1 GB each) come from glibc's main heap, grown by `reserve`
+    bytes and advised to use 2 MB pages. Yields whether that was set up; the caller's work runs either way."""
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _NEVER)
+    libc.mallopt(_M_TRIM_THRESHOLD, _NEVER)
+    libc.mallopt(_M_TOP_PAD, 0)
+    try:
+        block = libc.malloc(reserve)  # grows the heap; freed at once, it stays as the heap's free end
+        libc.free(block)
+        with open("/proc/self/maps", encoding="ascii") as maps:
+            span = heap_span(maps.read())
+        advised = False
+        if block and span is not None:
+            start = -(-span[0] // _HUGE_PAGE) * _HUGE_PAGE
+            advised = span[1] > start and libc.madvise(start, span[1] - start, _MADV_HUGEPAGE) == 0
+        if not advised:
+            log.info("huge pages: not available here (errno %d); loading as usual", ctypes.get_errno())
+        yield advised
+    finally:
+        libc.mallopt(_M_TOP_PAD, _AFTER_TOP_PAD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
+        libc.malloc_trim(0)  # what the load freed goes back to the system

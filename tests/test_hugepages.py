@@ -1,0 +1,50 @@
+"""The opt-in huge-page load: the heap trick works where it can, changes no output, and leaves malloc as it was."""
+from __future__ import annotations
+
+import ctypes
+import platform
+import sys
+
+import numpy as np
+import pytest
+from conftest import TINY_GPT2
+
+from runtime import Generator
+from runtime.hugepages import heap_span, huge_page_heap
+
+GLIBC_LINUX = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def test_heap_span_reads_the_heap_line_of_a_maps_file():
+    maps = ("55d0c0a00000-55d0c0a21000 r--p 00000000 08:01 1234 /usr/bin/python3\n"
+            "55d0c1e00000-55d0c2400000 rw-p 00000000 00:00 0                          [heap]\n"
+            "7f1200000000-7f1200021000 rw-p 00000000 00:00 0 \n")
+    assert heap_span(maps) == (0x55d0c1e00000, 0x55d0c2400000)
+    assert heap_span(maps.replace("[heap]", "")) is None
+
+
+def _in_heap(array: np.ndarray) -> bool:
+    """Whether the array's data lies in the main heap: from its start (maps) to the program break (sbrk(0); the
+    advised part of the heap may be listed in maps as a mapping of its own)."""
+    libc = ctypes.CDLL(None)
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+    with open("/proc/self/maps", encoding="ascii") as maps:
+        start, _ = heap_span(maps.read())
+    return start <= array.ctypes.data < libc.sbrk(0)
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="the heap trick is for Linux with glibc")
+def test_large_allocations_come_from_the_advised_heap_only_while_it_is_open():
+    with huge_page_heap(64 << 20) as advised:
+        inside = np.ones(8 << 20, dtype=np.uint8)  # 8 MB: glibc would map it on its own otherwise
+        assert advised and _in_heap(inside)
+    after = np.ones(40 << 20, dtype=np.uint8)  # over the 32 MB threshold set on the way out: its own mapping again
+    assert not _in_heap(after)
+    del inside, after
+
+
+def test_a_huge_page_load_writes_the_same_tweets():
+    plain = Generator.load(TINY_GPT2, device="cpu")
+    huge = Generator.load(TINY_GPT2, device="cpu", huge_pages=True)
+    options = dict(n=3, seed=7, max_new_tokens=16)
+    assert huge.generate("My dream is", **options) == plain.generate("My dream is", **options)
