@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.engines.base import HUGE_PAGES, precision_of
+from benchmarks.engines.base import SMALL_PAGES, precision_of
 from benchmarks.models import ModelSet
 
 REFERENCE = "tweetgen-fp32"  # every other row's greedy ids are compared with this one's
@@ -148,8 +148,8 @@ def _best_fp32_peer(rows: dict) -> str | None:
 
 
 def _target_rows(rows: dict) -> list[tuple[str, str]]:
-    """(int8 row, fp32 row) pairs the targets are computed for: the default load, and with huge pages when run."""
-    return [(f"tweetgen-int8{suffix}", f"tweetgen-fp32{suffix}") for suffix in ("", HUGE_PAGES)
+    """(int8 row, fp32 row) pairs the targets are computed for: the default load, and without huge pages when run."""
+    return [(f"tweetgen-int8{suffix}", f"tweetgen-fp32{suffix}") for suffix in ("", SMALL_PAGES)
             if suffix == "" or f"tweetgen-int8{suffix}" in rows]
 
 
@@ -175,7 +175,7 @@ def ratios(summary: dict) -> dict:
         out[model]["tweetgen-run cold start to first tweet: s"] = data["cold_start"].get("first_tweet_s")
         targets = {row for pair in _target_rows(rows) for row in pair}
         for engine in rows:  # any extra graph the runtime ships (e.g. tweetgen-optimized) against the best peer
-            if _family(engine) == "tweetgen" and engine not in targets and not engine.endswith(HUGE_PAGES):
+            if _family(engine) == "tweetgen" and engine not in targets and not engine.endswith(SMALL_PAGES):
                 out[model][f"{engine} / llamacpp-q8_0"] = _ratio(_tok_s(rows, engine), _tok_s(rows, "llamacpp-q8_0"))
     return out
 

@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="default: int8 on CPU, fp16 on CUDA, when the folder has them")
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
-    parser.add_argument("--huge-pages", action="store_true",
-                        help="weights on 2 MB pages (Linux): faster tokens, slower load; for many tweets at once")
+    parser.add_argument("--no-huge-pages", action="store_true",
+                        help="keep the weights on 4 KB pages (default for models from 64 MB: 2 MB pages on Linux)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of plain text")
     parser.add_argument("--no-stream", action="store_true", help="print the tweet only once it is complete")
     parser.add_argument("--allow-copies", action="store_true",
@@ -87,7 +87,8 @@ def _read_prompt(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     generator = Generator.load(resolve_model(args.model), device=args.device, precision=args.precision,
-                               threads=args.threads, huge_pages=args.huge_pages)
+                               threads=args.threads,
+                               huge_pages=False if args.no_huge_pages else None)
     if args.list_users:
         print("\n".join(generator.users) if generator.users else "(a single-voice model)")
         return 0

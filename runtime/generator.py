@@ -16,7 +16,7 @@ from .copies import CopyIndex
 from .engine import MAX_SAMPLES, Engine, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
 from .folder import ModelFolder, read_folder
-from .hugepages import huge_page_heap
+from .hugepages import AUTO_MIN_BYTES, huge_page_heap
 from .sampling import SamplingParams
 from .text import TweetText
 
@@ -43,7 +43,7 @@ class Generator:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
-             threads: int | None = None, huge_pages: bool = False) -> Generator:
+             threads: int | None = None, huge_pages: bool | None = None) -> Generator:
         """Load an exported model folder. Never touches the network.
 
         Args:
@@ -52,7 +52,7 @@ class Generator:
             precision: "auto" (int8 on CPU, fp16 on CUDA, when the folder has them; else fp32), "fp32", "int8", "fp16".
             threads: CPU threads for onnxruntime (None: one per physical core).
             huge_pages: put the session's weights on 2 MB pages where the system allows (Linux, glibc): faster
-                decoding for a long-running process, a slower load (see runtime/hugepages.py).
+                decoding (see runtime/hugepages.py). None: for CPU sessions of weights from 64 MB up.
 
         Raises:
             ModelFolderError: the folder is missing, incomplete (every missing file is listed) or unreadable.
@@ -69,8 +69,10 @@ class Generator:
                                 f"this onnxruntime offers {', '.join(ort.get_available_providers())}")
         folder = read_folder(path)
         model_path = folder.variant_path(precision, device)
+        weights = sum(p.stat().st_size for p in (model_path, *model_path.parent.glob(model_path.name + ".data")))
+        if huge_pages is None:
+            huge_pages = weights >= AUTO_MIN_BYTES
         if huge_pages and device == "cpu":
-            weights = sum(p.stat().st_size for p in (model_path, *model_path.parent.glob(model_path.name + ".data")))
             with huge_page_heap(min(3 * weights + (64 << 20), (1 << 30) - (1 << 20))):
                 session = open_session(model_path, device, threads)
         else:

@@ -1,16 +1,19 @@
-"""2 MB pages for a session's weights: an opt-in for long-running processes on Linux with glibc.
+"""2 MB pages for a session's weights, on Linux with glibc (Generator.load: by default for weights from 64 MB up).
 
 Batch-1 decoding streams every weight once a token. onnxruntime copies the weights into its own packed buffers at
 load, which the kernel backs with 4 KB pages unless asked otherwise (transparent huge pages are usually "madvise"
 only): GPT-2 124M int8 is then ~32,000 pages a token, far more than the TLB holds. `huge_page_heap` makes the
 allocations of a load come from glibc's main heap, first grown by enough for them and advised (MADV_HUGEPAGE) to
-take 2 MB pages. Measured on GPT-2 124M int8 (2 cores, a VM): ~140 MB of the session on 2 MB pages, batch-1
-decoding ~10% faster, and the load ~0.1-0.25 s slower (the kernel zeroes and maps whole 2 MB pages, here through a
-hypervisor). Worth it for a server that writes many tweets per load, not for one `tweetgen-run`.
+take 2 MB pages. Measured on GPT-2 124M (2 cores, a VM; benchmarks/README.md): ~120-140 MB of the int8 session on
+2 MB pages, int8 decoding 5.5 -> 4.8 ms a token and 5 x 64 sampled 0.55 -> 0.43 s, fp32 18.0 -> 12.9 ms a token;
+the load costs from nothing to ~0.2 s more (the kernel zeroes and maps whole 2 MB pages, here through a
+hypervisor), so `tweetgen-run -n 5` as a whole took the same time (1.05 vs 1.16 s, 5 runs each). Small models
+(the default one: 9 MB) load as usual.
 
 Nothing changes where this cannot work (another OS or C library, no [heap] mapping, a refused call): the load goes
-on as usual. Afterwards allocations over 32 MB are mapped on their own again, and free memory at the heap's end over
-64 MB goes back to the system (glibc's own limits once it has seen large allocations).
+on as usual. Afterwards glibc runs with the limits its own dynamic tuning reaches once it has seen large
+allocations: allocations over 32 MB are mapped on their own, and free memory at the heap's end over 64 MB goes back
+to the system.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ _AFTER_MMAP_THRESHOLD = 32 << 20  # glibc's dynamic threshold's ceiling on 64-bi
 _AFTER_TRIM_THRESHOLD = 64 << 20  # twice that, as glibc sets it when it raises the threshold
 _AFTER_TOP_PAD = 128 << 10  # glibc's default
 _NEVER = 1 << 30
+AUTO_MIN_BYTES = 64 << 20  # Generator.load uses huge pages by default for weights of this size and more
 
 
 def heap_span(maps: str) -> tuple[int, int] | None:

@@ -44,10 +44,10 @@ def test_one_run_writes_the_json_with_every_column(tiny_with_int8, tmp_path):
     (path,) = out.glob("*.json")
     results = json.loads(path.read_text())
     rows = results["summary"]["tiny_gpt2"]["engines"]
-    # on Linux the shipped fp32 and int8 are also loaded with huge pages (Generator.load(huge_pages=True))
-    huge = {"tweetgen-fp32-hugepages", "tweetgen-int8-hugepages"} if sys.platform.startswith("linux") else set()
-    assert set(rows) == {"tweetgen-fp32", "tweetgen-int8", "tweetgen-optimized", "llamacpp-q8_0"} | huge
-    for engine in ("tweetgen-fp32", "tweetgen-int8", "tweetgen-optimized", *huge):
+    # on Linux the shipped fp32 and int8 are also loaded without huge pages (Generator.load(huge_pages=False))
+    small = {"tweetgen-fp32-4kpages", "tweetgen-int8-4kpages"} if sys.platform.startswith("linux") else set()
+    assert set(rows) == {"tweetgen-fp32", "tweetgen-int8", "tweetgen-optimized", "llamacpp-q8_0"} | small
+    for engine in ("tweetgen-fp32", "tweetgen-int8", "tweetgen-optimized", *small):
         row = rows[engine]
         assert row["status"] == "ok"
         assert {"load_s", "peak_rss_mb", "model_mb", "short", "long", "sample5"} <= set(row)
@@ -58,9 +58,9 @@ def test_one_run_writes_the_json_with_every_column(tiny_with_int8, tmp_path):
     assert rows["llamacpp-q8_0"]["status"].startswith("skipped")
     checks = results["correctness"]["tiny_gpt2"]
     assert checks["tweetgen-optimized"]["equal"] is True  # the same fp32 graph: must give the same greedy ids
-    if huge:
-        assert checks["tweetgen-fp32-hugepages"]["equal"] is True  # the same graph on other pages
-        assert results["ratios"]["tiny_gpt2"]["tweetgen-int8-hugepages 5x64 sampled: total s"] > 0
+    if small:
+        assert checks["tweetgen-fp32-4kpages"]["equal"] is True  # the same graph on other pages
+        assert results["ratios"]["tiny_gpt2"]["tweetgen-int8-4kpages 5x64 sampled: total s"] > 0
     assert checks["tweetgen-int8"]["precision"] == "int8" and set(checks["tweetgen-int8"]["first_diff"]) == {
         "short", "long"}
     assert results["perplexity"]["tiny_gpt2"]["fp32"] > 1

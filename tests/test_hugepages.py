@@ -1,4 +1,4 @@
-"""The opt-in huge-page load: the heap trick works where it can, changes no output, and leaves malloc as it was."""
+"""The huge-page load: the heap trick works where it can, is the default for large models only, changes no output."""
 from __future__ import annotations
 
 import ctypes
@@ -44,7 +44,29 @@ def test_large_allocations_come_from_the_advised_heap_only_while_it_is_open():
 
 
 def test_a_huge_page_load_writes_the_same_tweets():
-    plain = Generator.load(TINY_GPT2, device="cpu")
+    plain = Generator.load(TINY_GPT2, device="cpu", huge_pages=False)
     huge = Generator.load(TINY_GPT2, device="cpu", huge_pages=True)
     options = dict(n=3, seed=7, max_new_tokens=16)
     assert huge.generate("My dream is", **options) == plain.generate("My dream is", **options)
+
+
+def test_huge_pages_are_the_default_from_64_mb_of_weights_only(monkeypatch):
+    import runtime.generator as generator_module
+
+    reserves = []
+    real = generator_module.huge_page_heap
+
+    def spy(reserve):
+        reserves.append(reserve)
+        return real(reserve)
+
+    monkeypatch.setattr(generator_module, "huge_page_heap", spy)
+    Generator.load(TINY_GPT2, device="cpu")  # a few hundred KB of weights: as usual
+    assert reserves == []
+    Generator.load(TINY_GPT2, device="cpu", huge_pages=True)
+    assert len(reserves) == 1 and reserves[0] > 64 << 20
+    monkeypatch.setattr(generator_module, "AUTO_MIN_BYTES", 1)  # as if the fixture were a large model
+    Generator.load(TINY_GPT2, device="cpu")
+    assert len(reserves) == 2
+    Generator.load(TINY_GPT2, device="cpu", huge_pages=False)
+    assert len(reserves) == 2

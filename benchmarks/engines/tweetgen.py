@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.engines.base import HUGE_PAGES, SAMPLING, BenchEngine, Unavailable
+from benchmarks.engines.base import SAMPLING, SMALL_PAGES, BenchEngine, Unavailable
 
 _PRECISIONS = {"model.onnx": "fp32", "model_quantized.onnx": "int8", "model_fp16.onnx": "fp16"}
 
@@ -24,7 +24,7 @@ class TweetgenEngine(BenchEngine):
         precision = _PRECISIONS.get(self.file)
         if precision is not None:  # what a user gets: the runtime's own loading path
             loaded = Generator.load(self.models.onnx, device=self.device, precision=precision, threads=self.threads,
-                                    huge_pages=self.variant.endswith(HUGE_PAGES))
+                                    huge_pages=False if self.variant.endswith(SMALL_PAGES) else None)
             folder, tokenizer, session = loaded.folder, loaded.tokenizer, loaded.engine.session
         else:  # an extra graph in the folder (e.g. model_optimized.onnx): the runtime's session options
             from tokenizers import Tokenizer
@@ -43,8 +43,8 @@ class TweetgenEngine(BenchEngine):
 
     @property
     def file(self) -> str:
-        """The ONNX file of the variant (a variant ending in -hugepages loads that file with huge pages)."""
-        return self.variant.removesuffix(HUGE_PAGES)
+        """The ONNX file of the variant (a variant ending in -4kpages loads that file without huge pages)."""
+        return self.variant.removesuffix(SMALL_PAGES)
 
     def model_files(self) -> list[Path]:
         path = Path(self.models.onnx) / self.file
