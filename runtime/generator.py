@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,13 +70,13 @@ class Generator:
                                 f"this onnxruntime offers {', '.join(ort.get_available_providers())}")
         folder = read_folder(path)
         model_path = folder.variant_path(precision, device)
-        weights = sum(p.stat().st_size for p in (model_path, *model_path.parent.glob(model_path.name + ".data")))
+        # the graph and its external weights (model_quantized.onnx.data, model.onnx_data), if any
+        weights = sum(f.stat().st_size for f in (model_path, *model_path.parent.glob(model_path.name + "*data")))
         if huge_pages is None:
             huge_pages = weights >= AUTO_MIN_BYTES
-        if huge_pages and device == "cpu":
-            with huge_page_heap(min(3 * weights + (64 << 20), (1 << 30) - (1 << 20))):
-                session = open_session(model_path, device, threads)
-        else:
+        # the load's allocations (weights, their packed copies, temporaries) fit in three times the files
+        heap = huge_page_heap(3 * weights + (64 << 20)) if huge_pages and device == "cpu" else nullcontext()
+        with heap:
             session = open_session(model_path, device, threads)
         try:
             tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))

@@ -66,6 +66,7 @@ def huge_page_heap(reserve: int) -> Iterator[bool]:
     if libc is None:
         yield False
         return
+    reserve = min(reserve, _NEVER - _HUGE_PAGE)  # larger blocks are mapped on their own whatever the threshold
     libc.mallopt(_M_MMAP_THRESHOLD, _NEVER)
     libc.mallopt(_M_TRIM_THRESHOLD, _NEVER)
     libc.mallopt(_M_TOP_PAD, 0)
