@@ -121,6 +121,10 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert list((run / "checkpoints").glob("checkpoint-*/trainer_state.json")) and not (run / "model").exists()
 
     last = max(int(p.parent.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    # a kill while the Trainer was saving leaves a newer checkpoint without its trainer_state.json
+    partial = run / "checkpoints" / f"checkpoint-{last + 1000}"
+    partial.mkdir(exist_ok=True)
+    (partial / "model.safetensors").write_bytes(b"\0" * 64)
 
     dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
     with pytest.raises(TrainError, match="unfinished run: add --resume"):
@@ -128,6 +132,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     result = train(dataset, tiny_config(epochs=300, eval_steps=5, max_steps=last + 10), run, resume=True)
     history = json.loads((run / "metrics.json").read_text())["log_history"]
     assert result.steps == last + 10 and (run / "model" / "config.json").is_file()
+    assert not partial.exists()  # resumed from the last complete checkpoint; the partial one is gone
     assert min(h["step"] for h in history if "loss" in h) == 1  # the losses logged before the kill came back
 
 

@@ -111,7 +111,7 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
         trainer.add_callback(EarlyStoppingCallback(config.early_stopping))
     resumed_at = _last_checkpoint_epoch(checkpoints) if resume else 0.0
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume and _has_checkpoint(checkpoints))
+    output = trainer.train(resume_from_checkpoint=str(_complete_checkpoint(checkpoints)) if resume else None)
     wall = time.perf_counter() - started
     # The weights now loaded are the best checkpoint's, whose validation loss the run already measured.
     best = trainer.state.best_metric
@@ -141,8 +141,11 @@ def _check_data(dataset, config: TrainConfig) -> None:
 def _prepare_run_dir(run_dir: Path, resume: bool) -> Path:
     checkpoints = run_dir / "checkpoints"
     finished = (run_dir / "model").is_dir()
-    if resume and not _has_checkpoint(checkpoints):
-        raise TrainError(f"--resume: {checkpoints} holds no checkpoint to resume from; run without --resume")
+    if resume:
+        _drop_partial_checkpoints(checkpoints)
+        if _complete_checkpoint(checkpoints) is None:
+            raise TrainError(f"--resume: {checkpoints} holds no complete checkpoint to resume from; run without "
+                             "--resume")
     if not resume and _has_checkpoint(checkpoints) and not finished:
         raise TrainError(f"{run_dir} holds checkpoints of an unfinished run: add --resume to continue it, or "
                          "remove that folder to start again")
@@ -154,11 +157,26 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> Path:
 
 def _last_checkpoint_epoch(folder: Path) -> float:
     """The epoch the newest checkpoint reached (0.0 without one): where a resumed run starts."""
-    states = [p / "trainer_state.json" for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    if not states:
+    newest = _complete_checkpoint(folder)
+    if newest is None:
         return 0.0
-    newest = max(states, key=lambda p: int(p.parent.name.rsplit("-", 1)[-1]))
-    return float(json.loads(newest.read_text(encoding="utf-8")).get("epoch") or 0.0)
+    return float(json.loads((newest / "trainer_state.json").read_text(encoding="utf-8")).get("epoch") or 0.0)
+
+
+def _complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing (it writes trainer_state.json after the weights and the
+    optimizer state), or None."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[-1])) if done else None
+
+
+def _drop_partial_checkpoints(folder: Path) -> None:
+    """Remove the checkpoints without trainer_state.json: a run killed while saving leaves one, newer than the last
+    complete checkpoint, and the Trainer would resume from it (the newest folder) and fail on the missing state."""
+    for partial in folder.glob("checkpoint-*"):
+        if not (partial / "trainer_state.json").is_file():
+            log.warning("removing %s: a checkpoint the stopped run did not finish writing", partial)
+            shutil.rmtree(partial)
 
 
 def _has_checkpoint(folder: Path) -> bool:
