@@ -330,8 +330,8 @@ class _InPlaceRuns:
             self._bind(ids, past_length)
         self.engine.session.run_with_iobinding(binding)
         if self.best is not None:
-            values, ids = self.best
-            return (values[:, -1, :], ids[:, -1, :]), past
+            best_values, best_ids = self.best
+            return (best_values[:, -1, :], best_ids[:, -1, :]), past
         logits = self.logits if self.logits is not None else binding.get_outputs()[0].numpy()
         return logits[:, -1, :].astype(np.float32, copy=False), past
 
