@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
+import sys
+from contextlib import nullcontext, redirect_stdout
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -63,21 +64,23 @@ class Generator:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1 or None, not {threads!r}")
+        asked = device
         if device == "auto":
             device = "cuda" if cuda_available() else "cpu"
         elif device == "cuda" and not cuda_available():
             raise TweetgenError("device 'cuda' needs onnxruntime-gpu and a visible NVIDIA GPU; "
                                 f"this onnxruntime offers {', '.join(ort.get_available_providers())}")
         folder = read_folder(path)
-        model_path = folder.variant_path(precision, device)
-        # the graph and its external weights (model_quantized.onnx.data, model.onnx_data), if any
-        weights = sum(f.stat().st_size for f in (model_path, *model_path.parent.glob(model_path.name + "*data")))
-        if huge_pages is None:
-            huge_pages = weights >= AUTO_MIN_BYTES
-        # the load's allocations (weights, their packed copies, temporaries) fit in three times the files
-        heap = huge_page_heap(3 * weights + (64 << 20)) if huge_pages and device == "cpu" else nullcontext()
-        with heap:
-            session = open_session(model_path, device, threads)
+        model_path, session = _open(folder, precision, device, threads, huge_pages)
+        if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            # onnxruntime-gpu falls back to the CPU when its CUDA provider cannot start (see its own error above)
+            problem = ("onnxruntime-gpu could not start its CUDA provider (a GPU it can use, or the CUDA and cuDNN "
+                       "libraries it was built for: pip install 'onnxruntime-gpu[cuda,cudnn]')")
+            if asked == "cuda":
+                raise TweetgenError(f"device 'cuda': {problem}; run with device 'cpu' or 'auto' to use the CPU")
+            log.warning("%s: running on the CPU", problem)
+            device = "cpu"
+            model_path, session = _open(folder, precision, device, threads, huge_pages)
         try:
             tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
         except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
@@ -256,6 +259,34 @@ def _read_copy_index(folder: Path) -> CopyIndex | None:
                                "the copy check") from None
 
 
+def _open(folder: ModelFolder, precision: str, device: str, threads: int | None, huge_pages: bool | None
+          ) -> tuple[Path, ort.InferenceSession]:
+    """The variant of `folder` to run on `device`, and its session (on 2 MB pages when `huge_pages`)."""
+    model_path = folder.variant_path(precision, device)
+    # the graph and its external weights (model_quantized.onnx.data, model.onnx_data), if any
+    weights = sum(f.stat().st_size for f in (model_path, *model_path.parent.glob(model_path.name + "*data")))
+    if huge_pages is None:
+        huge_pages = weights >= AUTO_MIN_BYTES
+    # the load's allocations (weights, their packed copies, temporaries) fit in three times the files
+    heap = huge_page_heap(3 * weights + (64 << 20)) if huge_pages and device == "cpu" else nullcontext()
+    with heap:
+        return model_path, open_session(model_path, device, threads)
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn], or torch's)
+    when they are installed: onnxruntime's CUDA provider does not find them there by itself. What it prints goes to
+    stderr (stdout carries the tweets)."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None:
+        return
+    try:
+        with redirect_stdout(sys.stderr):
+            preload()
+    except Exception as exc:  # a missing or partial CUDA install: the session's own error says more
+        log.debug("onnxruntime.preload_dlls: %s", exc)
+
+
 def open_session(model_path: Path, device: str, threads: int | None) -> ort.InferenceSession:
     """The runtime's onnxruntime session for one graph file; ModelFolderError when it cannot be loaded."""
     options = ort.SessionOptions()
@@ -268,6 +299,8 @@ def open_session(model_path: Path, device: str, threads: int | None) -> ort.Infe
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    if device == "cuda":
+        _preload_cuda_libraries()
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs

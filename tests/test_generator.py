@@ -84,6 +84,23 @@ def test_threads_option_and_device_validation():
         Generator.load(TINY_GPT2, threads=0)
 
 
+def test_a_cuda_provider_that_cannot_start_is_an_error_or_with_auto_the_cpu(monkeypatch, caplog):
+    """onnxruntime-gpu without a usable GPU (or without the CUDA libraries it needs) opens the session on the CPU;
+    this onnxruntime has no CUDA provider at all, which the session treats the same way."""
+    from conftest import TINY_GPT2
+
+    from runtime import TweetgenError, generator
+
+    monkeypatch.setattr(generator, "cuda_available", lambda: True)
+    with pytest.raises(TweetgenError, match="could not start its CUDA provider"):
+        Generator.load(TINY_GPT2, device="cuda")
+    loaded = Generator.load(TINY_GPT2, device="auto")
+    assert loaded.engine.device == "cpu" and not loaded.engine.io_binding
+    assert loaded.engine.session.get_providers() == ["CPUExecutionProvider"]
+    assert "running on the CPU" in caplog.text
+    assert loaded.generate("Hi", seed=0, max_new_tokens=3)
+
+
 def test_trailing_spaces_are_not_shown_to_the_model_and_not_doubled(gpt2):
     assert gpt2.encode_prompt("My dream is ") == gpt2.encode_prompt("My dream is")
     assert gpt2.tokenizer.decode(gpt2.encode_prompt("", user="bob"), skip_special_tokens=False) == \
