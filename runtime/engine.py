@@ -4,7 +4,8 @@ It drives an Optimum "text-generation-with-past" ONNX export: inputs `input_ids`
 `position_ids` and `past_key_values.{i}.key/value`; outputs `logits` and `present.{i}.key/value`. Names, layer count,
 KV heads and dtype are read from the session. tweetgen's own graphs (trainer.fuse) also take `seqlens_k` and
 `total_sequence_length` and, on the CPU, write the cache into buffers in place; they also give each row's top_k
-largest logits and their ids, which is all that greedy decoding and top-k sampling read. For n samples the prompt is
+largest logits and their ids, which is all that greedy decoding and top-k sampling read (on CUDA the logits then
+stay in GPU memory: only those ids and values are copied to the host). For n samples the prompt is
 run once and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
 """
 
@@ -162,7 +163,11 @@ class Engine:
     def _decode(self, prompt: np.ndarray, n: int, max_new_tokens: int, params: SamplingParams,
                 rng: np.random.Generator, done: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         top = self._top_request(params)
-        forward = _InPlaceRuns(self, top).forward if self.shared_cache else self._forward
+        if self.shared_cache:
+            forward = _InPlaceRuns(self, top).forward
+        else:
+            def forward(ids, past, past_length):
+                return self._forward(ids, past, past_length, top)
         if self.io_binding:
             # The cache lives on the device and cannot be copied row-wise there: run the prompt as n rows at once.
             logits, past = forward(np.repeat(prompt[None, :], n, axis=0), self._empty_past(n), 0)
@@ -216,10 +221,11 @@ class Engine:
 
     def _top_request(self, params: SamplingParams) -> int:
         """How many of each row's best tokens to take from the graph instead of its logits (0: the logits): the
-        in-place CPU path on a graph with a TopK output, when the choice needs no more (greedy, or top-k sampling
-        without a repetition penalty, which changes logits before the ranking)."""
+        in-place CPU path or the IO-bound (CUDA) one on a graph with a TopK output, when the choice needs no more
+        (greedy, or top-k sampling without a repetition penalty, which changes logits before the ranking)."""
         vocab = self.spec.vocab_size
-        if not (self.shared_cache and self.spec.has_top_k and vocab) or params.repetition_penalty != 1.0:
+        if not ((self.shared_cache or self.io_binding) and self.spec.has_top_k and vocab) \
+                or params.repetition_penalty != 1.0:
             return 0
         if params.greedy:
             return 1
@@ -235,30 +241,44 @@ class Engine:
     def _feeds(self, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
         return last_logits_only(self.spec, step_feeds(self.spec, ids, past_length), ids.shape[1])
 
-    def _forward(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
-        """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V)."""
+    def _forward(self, ids: np.ndarray, past: list, past_length: int, top: int = 0
+                 ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], list]:
+        """One run of the graph. ids: (B, S) new tokens after `past_length` cached ones. Returns last logits (B, V),
+        or with `top` (IO binding only) each row's `top` best (values, ids), (B, top) each."""
         if self.io_binding:
-            return self._forward_bound(ids, past, past_length)
+            return self._forward_bound(ids, past, past_length, top)
         feeds = self._feeds(ids, past_length)
         feeds.update(zip(self.spec.past_names, past))
         logits, *present = self.session.run(self._outputs, feeds)  # logits: (B, S, V)
         return logits[:, -1, :].astype(np.float32, copy=False), present
 
-    def _forward_bound(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
-        """Like _forward, but the cache stays where the session put it (GPU memory on CUDA) between steps."""
+    def _forward_bound(self, ids: np.ndarray, past: list, past_length: int, top: int = 0
+                       ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], list]:
+        """Like _forward, but the cache stays where the session put it (GPU memory on CUDA) between steps. Sampling
+        runs on the host: it gets the logits, or with `top` only the graph's best `top` of each row (the logits
+        then stay on the device)."""
         binding = self.session.io_binding()
-        for name, value in self._feeds(ids, past_length).items():
+        feeds = self._feeds(ids, past_length)
+        if top:
+            feeds["top_k"] = np.array([top], dtype=np.int64)
+        for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         for name, value in zip(self.spec.past_names, past):
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")  # sampling runs on the host
+        binding.bind_output("logits", self.device if top else "cpu")
         for name in self.spec.present_names:
             binding.bind_output(name, self.device)
+        if top:
+            binding.bind_output("top_logits", "cpu")
+            binding.bind_output("top_ids", "cpu")
         self.session.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
+        if top:
+            values, best = present[-2:]
+            return (values.numpy()[:, -1, :], best.numpy()[:, -1, :]), present[:-2]
         return logits.numpy()[:, -1, :].astype(np.float32, copy=False), present
 
     def greedy_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

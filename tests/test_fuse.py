@@ -175,15 +175,17 @@ def test_greedy_and_top_k_read_the_graph_s_best_tokens_and_draw_as_the_logits_do
 
     engine = fused_generator.engine
     logits_only = engine_like(fused_generator, shared_cache=False)  # never asks the graph for its best tokens
+    bound = engine_like(fused_generator, io_binding=True)  # the CUDA path: the logits stay where the graph ran
     eos = int(engine.eos_token_ids[0])
     early = 0
     for params in (SamplingParams(temperature=0), SamplingParams(temperature=0.8, top_k=20, top_p=0.9),
                    SamplingParams(temperature=1.5, top_k=5), SamplingParams(temperature=1.5, top_k=399)):
-        assert engine._top_request(params) == (1 if params.greedy else params.top_k)
+        assert engine._top_request(params) == bound._top_request(params) == (1 if params.greedy else params.top_k)
         assert logits_only._top_request(params) == 0
         for seed in range(6):
             want = run(logits_only, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed)
             assert run(engine, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed) == want
+            assert run(bound, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed) == want
             early += sum(eos in row for row in want)
     assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
     # a repetition penalty changes the logits before the ranking, and top_k 0 keeps every token: the logits
