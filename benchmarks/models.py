@@ -4,7 +4,9 @@
 
 For each model, a folder `<cache>/<name>/` holds:
   hf/              the PyTorch folder (config.json, model.safetensors, tokenizer): transformers, CTranslate2, GGUF
-  onnx/            tweetgen's export of it (model.onnx, model_quantized.onnx, ...): tweetgen runtime
+  onnx/            tweetgen's export of it (model.onnx, model_quantized.onnx, ...): tweetgen runtime. Without Optimum
+                   (e.g. a GPU machine whose transformers is newer than Optimum allows) the fused graph is built
+                   straight from the weights instead: fp32 and fp16 only, no check against PyTorch
   onnx-optimum/    the same export with Optimum's own graph (GPT-2 only: tweetgen's is rebuilt with fused
                    operators that ORTModelForCausalLM cannot drive): the Optimum rows
   ct2-float32/, ct2-int8/                  CTranslate2 conversions (when ctranslate2 is installed)
@@ -65,31 +67,49 @@ def manifest_path(cache: Path, name: str) -> Path:
     return cache / name / "bench_model.json"
 
 
-def build_shape(shape: str, cache: Path, *, fp16: bool = False, seed: int = 0) -> ModelSet:
+def build_shape(shape: str, cache: Path, *, fp16: bool = False, seed: int = 0, direct: bool | None = None
+                ) -> ModelSet:
     """A random-weight model of a named shape (SHAPES), with the real GPT-2 tokenizer, in every format."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
     hf = cache / shape / "hf"
     if not (hf / "model.safetensors").is_file():
         _random_gpt2(hf, SHAPES[shape], seed)
-    return build_from_hf(hf, cache, name=shape, fp16=fp16, trained=False)
+    return build_from_hf(hf, cache, name=shape, fp16=fp16, trained=False, direct=direct)
+
+
+def optimum_installed() -> bool:
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def build_from_hf(hf: Path, cache: Path, *, name: str, fp16: bool = False, trained: bool = True,
-                  onnx: Path | None = None) -> ModelSet:
+                  onnx: Path | None = None, direct: bool | None = None) -> ModelSet:
     """Export a Hugging Face causal-LM folder with tweetgen (unless `onnx` is its export already) and convert it
-    for every installed peer engine."""
+    for every installed peer engine. `direct`: build the fused graph straight from the weights (fp32 and fp16, no
+    Optimum); None: only when Optimum is not installed."""
     root = cache / name
     root.mkdir(parents=True, exist_ok=True)
     optimum_onnx = None
-    if onnx is None:
+    notes = []
+    if direct is None:
+        direct = not optimum_installed()
+    if onnx is None and direct:
+        onnx = root / "onnx-direct"
+        _ensure_direct_export(hf, onnx, name, fp16)
+        notes.append("fused graph built straight from the weights (no Optimum here): fp32 and fp16 rows only, "
+                     "no Optimum rows, not checked against PyTorch by the export")
+    elif onnx is None:
         onnx = root / "onnx"
         _ensure_export(hf, onnx, name, fp16, fuse=True)
         if export_graph(onnx) != "optimum":
             optimum_onnx = root / "onnx-optimum"
             _ensure_export(hf, optimum_onnx, name, False, fuse=False)
     models = ModelSet(name=name, onnx=str(onnx), optimum_onnx=str(optimum_onnx) if optimum_onnx else None, hf=str(hf),
-                      trained=trained)
+                      trained=trained, notes=notes)
     _add_ct2(models, hf, root)
     _add_gguf(models, hf, root, cache)
     models.save(manifest_path(cache, name))
@@ -110,9 +130,9 @@ def from_export(folder: Path, cache: Path, *, name: str | None = None) -> ModelS
 
 
 def build_all(shapes: list[str], hf_folders: list[Path], exported: list[Path], cache: Path, *,
-              fp16: bool = False) -> list[ModelSet]:
-    built = [build_shape(shape, cache, fp16=fp16) for shape in shapes]
-    built += [build_from_hf(hf, cache, name=hf.resolve().name, fp16=fp16) for hf in hf_folders]
+              fp16: bool = False, direct: bool | None = None) -> list[ModelSet]:
+    built = [build_shape(shape, cache, fp16=fp16, direct=direct) for shape in shapes]
+    built += [build_from_hf(hf, cache, name=hf.resolve().name, fp16=fp16, direct=direct) for hf in hf_folders]
     return built + [from_export(folder, cache) for folder in exported]
 
 
@@ -122,15 +142,19 @@ def _random_gpt2(dest: Path, overrides: dict, seed: int) -> None:
 
     if not GPT2_TOKENIZER.is_dir():
         raise FileNotFoundError(f"the GPT-2 tokenizer is not at {GPT2_TOKENIZER} (encoder.json, vocab.bpe)")
-    tokenizer = GPT2TokenizerFast(vocab_file=str(GPT2_TOKENIZER / "encoder.json"),
-                                  merges_file=str(GPT2_TOKENIZER / "vocab.bpe"))
     torch.manual_seed(seed)
     config = GPT2Config(**overrides)
     model = GPT2LMHeadModel(config).eval()
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    saved = GPT2_TOKENIZER / "saved"  # a tokenizer saved by transformers before: copied as is (any transformers)
+    if (saved / "tokenizer.json").is_file():
+        for item in saved.iterdir():
+            shutil.copy(item, tmp / item.name)
+    else:
+        GPT2TokenizerFast(vocab_file=str(GPT2_TOKENIZER / "encoder.json"),
+                          merges_file=str(GPT2_TOKENIZER / "vocab.bpe")).save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
@@ -183,6 +207,41 @@ def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) ->
         from trainer.quantize import convert_fp16
 
         convert_fp16(out / "model.onnx", out / "model_fp16.onnx")
+
+
+def _ensure_direct_export(hf: Path, out: Path, name: str, fp16: bool) -> None:
+    """The fused graph built straight from the weights (trainer.fuse), without Optimum and without the export's
+    check against PyTorch: for a machine whose stack has no Optimum (a GPU machine with a newer transformers).
+    model.onnx, and model_fp16.onnx when `fp16`; the folder's other files are copied from `hf`."""
+    from trainer.fuse import can_fuse, fused_graph, weights_of_folder
+    from trainer.quantize import PROTOBUF_LIMIT, convert_fp16, save_onnx
+
+    config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
+    if not can_fuse(config):
+        raise ValueError(f"{hf}: trainer.fuse cannot rebuild this model's graph (it takes GPT-2, and Llama with a "
+                         "head size that is a multiple of 16), and without Optimum there is no other export: install "
+                         "optimum-onnx")
+    if (out / "model.onnx").is_file() and (not fp16 or (out / "model_fp16.onnx").is_file()):
+        return
+    print(f"[models] building the fused graph of {hf} -> {out} (no Optimum: fp32{' + fp16' if fp16 else ''})",
+          file=sys.stderr)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = weights_of_folder(hf)
+    large = sum(w.nbytes for w in weights.values()) > PROTOBUF_LIMIT
+    save_onnx(fused_graph(weights, config, str(hf)), tmp / "model.onnx", large)
+    del weights
+    if fp16:
+        convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
+    for item in hf.iterdir():
+        if item.is_file() and item.suffix == ".json" and item.name != "model.safetensors.index.json":
+            shutil.copy(item, tmp / item.name)
+    info = {"format": 1, "name": name, "prompt_start": "",
+            "export": {"graph": "fused", "built_from": "weights, without Optimum (benchmarks.models)"}}
+    (tmp / "tweetgen.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
 
 
 def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
@@ -298,8 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="an exported model folder (e.g. exported/tweety); repeatable")
     parser.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (for the GPU rows)")
+    parser.add_argument("--direct-export", action="store_true", default=None,
+                        help="build the fused graph straight from the weights, without Optimum (default: only when "
+                             "Optimum is not installed)")
     args = parser.parse_args(argv)
-    for models in build_all(args.shapes, args.hf, args.model, args.cache, fp16=args.fp16):
+    for models in build_all(args.shapes, args.hf, args.model, args.cache, fp16=args.fp16, direct=args.direct_export):
         print(json.dumps(asdict(models)))
     return 0
 

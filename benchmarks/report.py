@@ -173,10 +173,24 @@ def ratios(summary: dict) -> dict:
                 f"{int8} peak RSS MB": rows.get(int8, {}).get("peak_rss_mb"),
             })
         out[model]["tweetgen-run cold start to first tweet: s"] = data["cold_start"].get("first_tweet_s")
+        out[model].update(_gpu_ratios(rows))
         targets = {row for pair in _target_rows(rows) for row in pair}
         for engine in rows:  # any extra graph the runtime ships (e.g. tweetgen-optimized) against the best peer
-            if _family(engine) == "tweetgen" and engine not in targets and not engine.endswith(SMALL_PAGES):
+            if _family(engine) == "tweetgen" and engine not in targets and not engine.endswith(SMALL_PAGES) \
+                    and "cuda" not in engine:
                 out[model][f"{engine} / llamacpp-q8_0"] = _ratio(_tok_s(rows, engine), _tok_s(rows, "llamacpp-q8_0"))
+    return out
+
+
+def _gpu_ratios(rows: dict) -> dict:
+    """tweetgen on CUDA against PyTorch on CUDA, precision for precision (only the rows that ran)."""
+    out = {}
+    for precision in ("fp16", "fp32"):
+        mine, peer = f"tweetgen-cuda-{precision}", f"pytorch-cuda-{precision}"
+        if mine not in rows or peer not in rows:
+            continue
+        for key, what in (("short", "batch-1"), ("long", "batch-1, 200-token prompt"), ("sample5", "5x64 sampled")):
+            out[f"{mine} / {peer}, {what}"] = _ratio(_tok_s(rows, mine, key), _tok_s(rows, peer, key))
     return out
 
 
@@ -242,6 +256,8 @@ def print_report(results: dict, out=sys.stdout) -> None:
                   file=out)
         if results["gpu"].startswith("not measured"):
             print("| GPU: tweetgen CUDA fp16 / PyTorch CUDA | not measured: no GPU here |" + " |" * 9, file=out)
+        for note in results["models"].get(model, {}).get("notes", []):
+            print(f"\nnote: {note}", file=out)
         if skipped:
             print("\nnot run:\n" + "\n".join(skipped), file=out)
         print(f"\ncold start (tweetgen-run, process start to first tweet): {data['cold_start']}", file=out)

@@ -4,6 +4,7 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import run
@@ -106,3 +107,47 @@ def test_a_cached_export_of_another_int8_kind_is_stale(tmp_path):
     (folder / "tweetgen.json").write_text(json.dumps({"export": {"int8": {"method": "per_tensor"}}}))
     assert export_int8_method(folder) == "per_tensor" == int8_method_for({"model_type": "gpt2"})
     assert int8_method_for({"model_type": "llama"}) == "blockwise"
+
+
+def test_without_optimum_the_fused_graph_is_built_from_the_weights_and_decodes_as_pytorch(tmp_path):
+    """A GPU machine's stack may lack Optimum (its transformers too new for it): the bench then builds the fused
+    graph straight from the weights, fp32 and fp16."""
+    pytest.importorskip("torch")
+    from benchmarks.models import _ensure_direct_export, build_from_hf
+    from conftest import FIXTURES
+    from runtime import Generator, read_folder
+    from trainer.parity import check_parity
+
+    hf = "tiny_gpt2_hf"
+    with pytest.raises(ValueError, match="cannot rebuild this model's graph.*multiple of 16.*optimum-onnx"):
+        _ensure_direct_export(FIXTURES / "tiny_llama_hf", tmp_path / "llama", "tiny", fp16=False)  # head size 8
+    assert not (tmp_path / "llama").exists()
+
+    out = tmp_path / "onnx-direct"
+    _ensure_direct_export(FIXTURES / hf, out, "tiny", fp16=True)
+    assert {"model.onnx", "model_fp16.onnx", "tokenizer.json", "config.json", "tweetgen.json"} <= {
+        p.name for p in out.iterdir()}
+    assert not out.with_name("onnx-direct.tmp").exists()
+    assert read_folder(out).info["export"]["graph"] == "fused"
+    assert check_parity(FIXTURES / hf, out).equal
+    fp16 = Generator.load(out, device="cpu", precision="fp16")
+    assert fp16.engine.spec.cache_dtype is np.float16 and fp16.generate("My dream is", n=2, seed=0)
+    models = build_from_hf(FIXTURES / hf, tmp_path / "cache", name="tiny", fp16=True, direct=True)
+    assert models.onnx.endswith("onnx-direct") and models.optimum_onnx is None
+    assert any("without Optimum" in note or "no Optimum" in note for note in models.notes)
+
+
+def test_the_gpu_rows_are_compared_with_pytorch_on_the_gpu_precision_for_precision():
+    from benchmarks.report import ratios
+
+    def row(short, long, sample):
+        return {"status": "ok", "short": {"tok_s": short}, "long": {"tok_s": long}, "sample5": {"tok_s": sample}}
+
+    engines = {"tweetgen-cuda-fp16": row(480, 490, 1600), "pytorch-cuda-fp16": row(160, 245, 800),
+               "tweetgen-cuda-fp32": row(250, 100, 500), "pytorch-cuda-fp32": {"status": "error: out of memory"}}
+    out = ratios({"m": {"engines": engines, "cold_start": {}}})["m"]
+    assert out["tweetgen-cuda-fp16 / pytorch-cuda-fp16, batch-1"] == 3
+    assert out["tweetgen-cuda-fp16 / pytorch-cuda-fp16, batch-1, 200-token prompt"] == 2
+    assert out["tweetgen-cuda-fp16 / pytorch-cuda-fp16, 5x64 sampled"] == 2
+    assert out["tweetgen-cuda-fp32 / pytorch-cuda-fp32, batch-1"] is None  # the peer's row failed: no ratio
+    assert not any(name.startswith("tweetgen-cuda") and "llamacpp" in name for name in out)  # no GPU-CPU ratios
