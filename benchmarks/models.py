@@ -148,7 +148,9 @@ def _random_gpt2(dest: Path, overrides: dict, seed: int) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    saved = GPT2_TOKENIZER / "saved"  # a tokenizer saved by transformers before: copied as is (any transformers)
+    # A folder that transformers' save_pretrained wrote from these files (e.g. here, for a GPU machine whose
+    # transformers is another major version) is copied as is: the same tokenizer.json whatever transformers runs.
+    saved = GPT2_TOKENIZER / "saved"
     if (saved / "tokenizer.json").is_file():
         for item in saved.iterdir():
             shutil.copy(item, tmp / item.name)
