@@ -17,7 +17,7 @@ from .copies import FILE as COPY_INDEX_FILE
 from .copies import CopyIndex
 from .engine import MAX_SAMPLES, Engine, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
-from .folder import ModelFolder, read_folder
+from .folder import VARIANTS, ModelFolder, read_folder
 from .hugepages import AUTO_MIN_BYTES, huge_page_heap
 from .sampling import SamplingParams
 from .text import TweetText
@@ -50,7 +50,8 @@ class Generator:
 
         Args:
             path: the folder (tweetgen export, or a plain Optimum export with model.onnx, tokenizer.json, config.json).
-            device: "cpu", "cuda", or "auto" (cuda when onnxruntime-gpu sees a GPU).
+            device: "cpu", "cuda", or "auto" (cuda when onnxruntime-gpu sees a GPU and the folder has a float
+                variant for it: an int8 graph is built for the CPU, whose quantized operators CUDA lacks).
             precision: "auto" (int8 on CPU, fp16 on CUDA, when the folder has them; else fp32), "fp32", "int8", "fp16".
             threads: CPU threads for onnxruntime (None: one per physical core).
             huge_pages: put the session's weights on 2 MB pages where the system allows (Linux, glibc): faster
@@ -65,12 +66,16 @@ class Generator:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1 or None, not {threads!r}")
         asked = device
-        if device == "auto":
-            device = "cuda" if cuda_available() else "cpu"
-        elif device == "cuda" and not cuda_available():
+        if device == "cuda" and not cuda_available():
             raise TweetgenError("device 'cuda' needs onnxruntime-gpu and a visible NVIDIA GPU; "
                                 f"this onnxruntime offers {', '.join(ort.get_available_providers())}")
         folder = read_folder(path)
+        if device == "auto":
+            device = "cuda" if cuda_available() and folder.variant_path(precision, "cuda").name != VARIANTS["int8"] \
+                else "cpu"
+        elif device == "cuda" and folder.variant_path(precision, device).name == VARIANTS["int8"]:
+            log.warning("running %s's int8 graph on CUDA: its quantized operators run on the CPU, with copies between "
+                        "the two at every step (export the model with fp16 for the GPU)", folder.path)
         model_path, session = _open(folder, precision, device, threads, huge_pages)
         if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             # onnxruntime-gpu falls back to the CPU when its CUDA provider cannot start (see its own error above)

@@ -101,6 +101,27 @@ def test_a_cuda_provider_that_cannot_start_is_an_error_or_with_auto_the_cpu(monk
     assert loaded.generate("Hi", seed=0, max_new_tokens=3)
 
 
+def test_auto_keeps_an_int8_only_folder_on_the_cpu_even_with_a_gpu(monkeypatch, tmp_path, caplog):
+    """The default model ships int8 only: its quantized operators have no CUDA kernels."""
+    import shutil
+
+    from conftest import TINY_GPT2
+
+    from runtime import generator
+
+    folder = tmp_path / "int8_only"
+    shutil.copytree(TINY_GPT2, folder)
+    (folder / "model.onnx").rename(folder / "model_quantized.onnx")
+    monkeypatch.setattr(generator, "cuda_available", lambda: True)
+    for precision in ("auto", "int8"):
+        loaded = Generator.load(folder, device="auto", precision=precision)
+        assert loaded.engine.device == "cpu" and loaded.model_path.name == "model_quantized.onnx"
+    assert "running on the CPU" not in caplog.text  # chosen, not fallen back to
+    with pytest.raises(generator.TweetgenError):  # asked for: tried (this onnxruntime has no CUDA provider)
+        Generator.load(folder, device="cuda")
+    assert "int8 graph on CUDA" in caplog.text
+
+
 def test_trailing_spaces_are_not_shown_to_the_model_and_not_doubled(gpt2):
     assert gpt2.encode_prompt("My dream is ") == gpt2.encode_prompt("My dream is")
     assert gpt2.tokenizer.decode(gpt2.encode_prompt("", user="bob"), skip_special_tokens=False) == \
