@@ -62,17 +62,59 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     if 0 < params.top_k < vocab:
         # (B, k) candidates in no order, found on the raw logits (temperature keeps the ranking).
         candidates = top_k_indices(logits, params.top_k)
+    elif params.top_p < 1.0:  # top-p alone: the nucleus is found without sorting the whole vocabulary
+        candidates, mass = nucleus_candidates(logits, params)
+        return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng, mass=mass)
     else:
         candidates = np.broadcast_to(np.arange(vocab), (batch, vocab))
     return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng)
 
 
+NUCLEUS_BIN = 0.25  # nucleus_candidates: width of a histogram bin, in log-probability (nats)
+NUCLEUS_BINS = 128  # bins from each row's likeliest token down; the last one holds everything below
+
+
+def nucleus_candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each row's likeliest tokens, a few more than hold `top_p` of its probability (as many for every row): (B, C)
+    candidates by token id and (B,) the share of each row's probability they hold; or every token and None when
+    the nucleus is a large part of the vocabulary (sorting it all then costs about as much).
+
+    Top-p sampling keeps the likeliest tokens until their mass reaches p. Sorting a 50k vocabulary costs ~3 ms a row
+    (float64), and the nucleus of a trained model is usually a few hundred tokens. One pass over the row finds how
+    many: a histogram of log-probabilities in NUCLEUS_BIN-wide bins, whose masses, summed from the top bin down,
+    reach p at some bin; the tokens in the bins so far are the k likeliest (top_k_indices), and they hold the nucleus.
+    """
+    batch, vocab = logits.shape
+    scaled = logits.astype(np.float64) / params.temperature
+    below = scaled.max(axis=-1, keepdims=True) - scaled  # (B, V) >= 0: how far under the row's likeliest token
+    weights = np.exp(-below)
+    total = weights.sum(axis=-1)
+    bins = np.minimum(below / NUCLEUS_BIN, NUCLEUS_BINS - 1).astype(np.int64) + NUCLEUS_BINS * np.arange(batch)[:, None]
+    size = batch * NUCLEUS_BINS
+    mass = np.bincount(bins.ravel(), weights.ravel(), size).reshape(batch, NUCLEUS_BINS) / total[:, None]
+    counts = np.bincount(bins.ravel(), None, size).reshape(batch, NUCLEUS_BINS)
+    reached = np.cumsum(mass, axis=-1) >= params.top_p + 1e-9  # margin: rounding never decides which tokens stay
+    last = np.argmax(reached, axis=-1)  # the bin where each row's nucleus ends
+    k = int(np.take_along_axis(np.cumsum(counts, axis=-1), last[:, None], axis=-1).max())
+    if not reached[:, -1].all() or k > vocab // 4:  # NaN, or a nucleus of most of the vocabulary
+        return np.broadcast_to(np.arange(vocab), (batch, vocab)), None
+    # by token id: draw ranks equal logits in the given order, and the whole vocabulary gives them by id
+    candidates = np.sort(top_k_indices(logits, k), axis=-1)
+    share = np.take_along_axis(weights, candidates, axis=-1).sum(axis=-1) / total
+    if not (share >= params.top_p + 1e-9).all():  # cannot happen but through rounding: take no chances
+        return np.broadcast_to(np.arange(vocab), (batch, vocab)), None
+    return candidates, share
+
+
 def draw(candidates: np.ndarray, values: np.ndarray, params: SamplingParams, rng: np.random.Generator, *,
-         ranked: bool = False) -> np.ndarray:
+         ranked: bool = False, mass: np.ndarray | None = None) -> np.ndarray:
     """Pick one of each row's candidate tokens: temperature, top-p, then a draw (top-k chose the candidates).
 
     candidates: (B, C) token ids; values: (B, C) their logits. Candidates with equal logits rank in the order they
-    are given; `ranked` says they are given largest first already. Returns (B,) int64.
+    are given; `ranked` says they are given largest first already. `mass`: (B,) the share of each row's whole
+    probability the candidates hold, when they are only its likeliest tokens (top-p then counts against the whole
+    row, not against the candidates: nucleus_candidates); None: the candidates are all there is to draw from (the
+    top-k ones, or the vocabulary). Returns (B,) int64.
     """
     batch = candidates.shape[0]
     values = values.astype(np.float64) / params.temperature
@@ -82,6 +124,8 @@ def draw(candidates: np.ndarray, values: np.ndarray, params: SamplingParams, rng
         candidates, values = candidates[rows, order], values[rows, order]  # (B, C) most likely first
     probs = np.exp(values - values[:, :1])
     probs /= probs.sum(axis=-1, keepdims=True)
+    if mass is not None:
+        probs *= mass[:, None]  # shares of the whole row
     if params.top_p < 1.0:
         before = np.cumsum(probs, axis=-1) - probs  # probability mass of the tokens ranked above each one
         probs = np.where(before < params.top_p, probs, 0.0)  # the first token always stays
@@ -102,7 +146,8 @@ def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     columns j, j + groups, j + 2 * groups, ...; a strided cut whose maxima numpy takes fast), and the k-th largest
     group maximum is a threshold: the k groups with the largest maxima hold k logits at or above it, so each of the
     row's k largest logits is at or above it too. One comparison over the rows finds those few candidates (usually
-    a little over k a row), and sorting only them gives the k largest.
+    a little over k a row), and sorting only them gives the k largest. A k beyond the number of groups: the k-th
+    largest logit as the threshold, ties at it broken the same way.
     """
     batch, vocab = logits.shape
     groups = vocab // BLOCK
@@ -116,4 +161,11 @@ def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
             order = np.lexsort((-logits.reshape(-1)[flat], rows))  # by row, then the largest first (stable)
             starts = np.cumsum(counts) - counts
             return columns[order[starts[:, None] + np.arange(k)]]
+    # k too large for the groups: the k-th largest logit is the threshold; those above it, then the lowest-index
+    # ones equal to it (argpartition alone takes any of those)
+    threshold = np.partition(logits, vocab - k, axis=-1)[:, vocab - k:vocab - k + 1]  # (B, 1)
+    above, level = logits > threshold, logits == threshold
+    keep = above | (level & (np.cumsum(level, axis=-1) <= k - above.sum(axis=-1, keepdims=True)))
+    if (keep.sum(axis=-1) == k).all():  # always, unless a row holds NaN
+        return np.flatnonzero(keep).reshape(batch, k) % vocab
     return np.argpartition(logits, vocab - k, axis=-1)[:, vocab - k:]

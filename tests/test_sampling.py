@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from runtime.sampling import SamplingParams, penalize_repeats, sample, top_k_indices
+from runtime.sampling import SamplingParams, draw, nucleus_candidates, penalize_repeats, sample, top_k_indices
 
 LOGITS = np.array([[1.0, 3.0, 2.0, 0.5, -1.0]], dtype=np.float32)  # ranks: 1, 2, 0, 3, 4
 
@@ -31,6 +31,27 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert probs[1] < 0.7 < probs[1] + probs[2]
     assert set(draws(SamplingParams(top_k=0, top_p=0.7)).tolist()) == {1, 2}
     assert set(draws(SamplingParams(top_k=0, top_p=0.5)).tolist()) == {1}
+
+
+@pytest.mark.parametrize("spread", [0.3, 3.0, "ties"])
+def test_top_p_alone_draws_what_sorting_the_whole_vocabulary_draws(spread):
+    """nucleus_candidates finds the nucleus from the likeliest few tokens; the draws are those of ranking all of
+    them (ties included: integer logits), for a peaked or a flat row (which needs most of the vocabulary)."""
+    rng = np.random.default_rng(3)
+    vocab = 20000
+    if spread == "ties":
+        logits = rng.integers(-6, 6, (4, vocab)).astype(np.float32)
+    else:
+        logits = (rng.standard_normal((4, vocab)) * spread).astype(np.float32)
+    everything = np.broadcast_to(np.arange(vocab), (4, vocab))
+    for params in (SamplingParams(top_k=0, top_p=0.9), SamplingParams(top_k=0, top_p=0.5, temperature=0.6),
+                   SamplingParams(top_k=0, top_p=0.995, temperature=1.5)):
+        for seed in range(25):
+            want = draw(everything, logits, params, np.random.default_rng(seed))
+            assert sample(logits, params, np.random.default_rng(seed)).tolist() == want.tolist()
+    candidates, mass = nucleus_candidates(logits, SamplingParams(top_k=0, top_p=0.5, temperature=0.6))
+    if spread != 0.3:  # peaked rows: part of the vocabulary holds half the probability (3.0: a few tokens)
+        assert candidates.shape[1] < vocab // (10 if spread == 3.0 else 2) and (mass >= 0.5).all()
 
 
 def test_sampling_follows_the_softmax_frequencies():
@@ -83,9 +104,10 @@ def test_top_k_indices_break_ties_by_the_lower_index():
     logits = np.zeros((2, 50257), dtype=np.float32)  # every logit ties
     logits[1, 40000:] = -np.inf
     logits[1, 7] = 1.0
-    got = np.sort(top_k_indices(logits, 50), axis=-1)
-    assert (got[0] == np.arange(50)).all()
-    assert (got[1] == np.arange(50)).all()  # index 7 (the largest) and the 49 lowest of the tied rest
+    for k in (50, 3000):  # 3000: more than the 785 groups of 64 (the threshold of the k-th largest logit)
+        got = np.sort(top_k_indices(logits, k), axis=-1)
+        assert (got[0] == np.arange(k)).all()
+        assert (got[1] == np.arange(k)).all()  # index 7 (the largest) and the k - 1 lowest of the tied rest
 
 
 def test_top_k_indices_of_a_row_with_nan_still_returns_k_columns():
