@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-users", action="store_true", help="print the model's voices and exit")
     parser.add_argument("--max-chars", type=int, default=280, help="cut on a word boundary (default 280; 0 = none)")
     parser.add_argument("--stop-at-newline", action="store_true", help="end each tweet at its first newline")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available, else cpu")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="default: cuda if onnxruntime-gpu sees a GPU and the model has an fp16 or fp32 graph, "
+                             "else cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="default: int8 on CPU, fp16 on CUDA, when the folder has them")
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
