@@ -86,9 +86,12 @@ def nucleus_candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.n
     """
     batch, vocab = logits.shape
     scaled = logits.astype(np.float64) / params.temperature
-    below = scaled.max(axis=-1, keepdims=True) - scaled  # (B, V) >= 0: how far under the row's likeliest token
+    with np.errstate(invalid="ignore"):  # inf - inf: such a row is ranked whole
+        below = scaled.max(axis=-1, keepdims=True) - scaled  # (B, V) >= 0: how far under the row's likeliest token
     weights = np.exp(-below)
     total = weights.sum(axis=-1)
+    if not np.isfinite(total).all():  # a NaN or +inf logit: ranking everything at least draws something
+        return np.broadcast_to(np.arange(vocab), (batch, vocab)), None
     bins = np.minimum(below / NUCLEUS_BIN, NUCLEUS_BINS - 1).astype(np.int64) + NUCLEUS_BINS * np.arange(batch)[:, None]
     size = batch * NUCLEUS_BINS
     mass = np.bincount(bins.ravel(), weights.ravel(), size).reshape(batch, NUCLEUS_BINS) / total[:, None]
@@ -96,7 +99,7 @@ def nucleus_candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.n
     reached = np.cumsum(mass, axis=-1) >= params.top_p + 1e-9  # margin: rounding never decides which tokens stay
     last = np.argmax(reached, axis=-1)  # the bin where each row's nucleus ends
     k = int(np.take_along_axis(np.cumsum(counts, axis=-1), last[:, None], axis=-1).max())
-    if not reached[:, -1].all() or k > vocab // 4:  # NaN, or a nucleus of most of the vocabulary
+    if not reached[:, -1].all() or k > vocab // 4:  # rounding, or a nucleus of most of the vocabulary
         return np.broadcast_to(np.arange(vocab), (batch, vocab)), None
     # by token id: draw ranks equal logits in the given order, and the whole vocabulary gives them by id
     candidates = np.sort(top_k_indices(logits, k), axis=-1)

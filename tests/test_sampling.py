@@ -54,6 +54,18 @@ def test_top_p_alone_draws_what_sorting_the_whole_vocabulary_draws(spread):
         assert candidates.shape[1] < vocab // (10 if spread == 3.0 else 2) and (mass >= 0.5).all()
 
 
+def test_top_p_alone_takes_rows_with_infinite_or_nan_logits():
+    logits = (np.random.default_rng(5).standard_normal((3, 4000)) * 4).astype(np.float32)
+    logits[0, 100:] = -np.inf  # masked tokens: never drawn
+    logits[1, 7] = np.nan
+    logits[2, 9] = np.inf
+    params = SamplingParams(top_k=0, top_p=0.9)
+    for seed in range(20):
+        assert sample(logits, params, np.random.default_rng(seed))[0] < 100
+    assert sample(logits[:1], params, np.random.default_rng(0)).tolist() == draw(
+        np.arange(4000)[None, :], logits[:1], params, np.random.default_rng(0)).tolist()
+
+
 def test_sampling_follows_the_softmax_frequencies():
     got = np.bincount(draws(SamplingParams(top_k=0), count=20000), minlength=5) / 20000
     want = np.exp(LOGITS[0]) / np.exp(LOGITS[0]).sum()
