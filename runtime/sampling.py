@@ -66,8 +66,12 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         candidates, mass = nucleus_candidates(logits, params)
         return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng, mass=mass)
     else:
-        candidates = np.broadcast_to(np.arange(vocab), (batch, vocab))
+        candidates = _every_token(batch, vocab)
     return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng)
+
+
+def _every_token(batch: int, vocab: int) -> np.ndarray:
+    return np.broadcast_to(np.arange(vocab), (batch, vocab))
 
 
 NUCLEUS_BIN = 0.25  # nucleus_candidates: width of a histogram bin, in log-probability (nats)
@@ -91,7 +95,7 @@ def nucleus_candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.n
     weights = np.exp(-below)
     total = weights.sum(axis=-1)
     if not np.isfinite(total).all():  # a NaN or +inf logit: ranking everything at least draws something
-        return np.broadcast_to(np.arange(vocab), (batch, vocab)), None
+        return _every_token(batch, vocab), None
     bins = np.minimum(below / NUCLEUS_BIN, NUCLEUS_BINS - 1).astype(np.int64) + NUCLEUS_BINS * np.arange(batch)[:, None]
     size = batch * NUCLEUS_BINS
     mass = np.bincount(bins.ravel(), weights.ravel(), size).reshape(batch, NUCLEUS_BINS) / total[:, None]
@@ -100,12 +104,12 @@ def nucleus_candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.n
     last = np.argmax(reached, axis=-1)  # the bin where each row's nucleus ends
     k = int(np.take_along_axis(np.cumsum(counts, axis=-1), last[:, None], axis=-1).max())
     if not reached[:, -1].all() or k > vocab // 4:  # rounding, or a nucleus of most of the vocabulary
-        return np.broadcast_to(np.arange(vocab), (batch, vocab)), None
+        return _every_token(batch, vocab), None
     # by token id: draw ranks equal logits in the given order, and the whole vocabulary gives them by id
     candidates = np.sort(top_k_indices(logits, k), axis=-1)
     share = np.take_along_axis(weights, candidates, axis=-1).sum(axis=-1) / total
     if not (share >= params.top_p + 1e-9).all():  # cannot happen but through rounding: take no chances
-        return np.broadcast_to(np.arange(vocab), (batch, vocab)), None
+        return _every_token(batch, vocab), None
     return candidates, share
 
 
