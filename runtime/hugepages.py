@@ -5,10 +5,12 @@ load, which the kernel backs with 4 KB pages unless asked otherwise (transparent
 only): GPT-2 124M int8 is then ~32,000 pages a token, far more than the TLB holds. `huge_page_heap` makes the
 allocations of a load come from glibc's main heap, first grown by enough for them and advised (MADV_HUGEPAGE) to
 take 2 MB pages. Measured on GPT-2 124M (2 cores, a VM; benchmarks/README.md): ~120-140 MB of the int8 session on
-2 MB pages, int8 decoding 5.5 -> 4.8 ms a token and 5 x 64 sampled 0.55 -> 0.43 s, fp32 18.0 -> 12.9 ms a token;
-the load costs from nothing to ~0.2 s more (the kernel zeroes and maps whole 2 MB pages, here through a
-hypervisor), so `tweetgen-run -n 5` as a whole took the same time (1.05 vs 1.16 s, 5 runs each). Small models
-(the default one: 9 MB) load as usual.
+2 MB pages, int8 decoding 5.5 -> 4.8 ms a token and 5 x 64 sampled 0.55 -> 0.43 s in one benchmark run; in
+interleaved process pairs, int8 5.84 -> 5.27 ms a token and fp32 faster in 5 pairs of 5 by 2-8% (the benchmark's
+fp32 rows moved more than that between runs, either way). The int8 load costs from nothing to ~0.2 s more (the
+kernel zeroes and maps whole 2 MB pages, here through a hypervisor), so `tweetgen-run -n 5` as a whole took the same
+time (1.05 vs 1.16 s, 5 runs each); the fp32 load ~1.1 s more and ~180 MB more peak memory. Small models (the
+default one: 9 MB) load as usual.
 
 Nothing changes where this cannot work (another OS or C library, no [heap] mapping, a refused call): the load goes
 on as usual. Afterwards glibc runs with the limits its own dynamic tuning reaches once it has seen large
