@@ -179,6 +179,12 @@ def export_int8_method(onnx: Path) -> str | None:
     return (_export_info(onnx).get("int8") or {}).get("method")
 
 
+def export_screen_tried(onnx: Path) -> bool:
+    """Whether an export folder's fp32 graph went through the output layer's screen (trainer.screen; recorded as
+    "screen", None when the graph could not be screened): folders from before it are exported again."""
+    return "screen" in _export_info(onnx)
+
+
 def graph_inputs(path: Path) -> set[str]:
     """The input names of an ONNX graph, without reading its weights (a fused graph from before its top_k input
     lacks the TopK output the runtime now reads)."""
@@ -196,14 +202,16 @@ def int8_method_for(config: dict) -> str:
 
 def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
     """Export unless `out` holds this kind of export already: the graph and the int8 kind wanted (a cached export
-    of another graph or int8 kind, from before the kinds were recorded, or a fused graph without top_k is redone)."""
+    of another graph or int8 kind, from before the kinds were recorded, or a fused graph without top_k or from
+    before the screened output layer is redone)."""
     from trainer.fuse import can_fuse
 
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     wanted = "fused" if fuse and can_fuse(config) else "optimum"
     if not (out / "model_quantized.onnx").is_file() or export_graph(out) != wanted \
             or export_int8_method(out) != int8_method_for(config) \
-            or (wanted == "fused" and "top_k" not in graph_inputs(out / "model_quantized.onnx")):
+            or (wanted == "fused" and ("top_k" not in graph_inputs(out / "model_quantized.onnx")
+                                       or not export_screen_tried(out))):
         _export(hf, out, name, fp16, fuse=wanted == "fused")
     elif fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
         from trainer.quantize import convert_fp16
@@ -223,7 +231,8 @@ def _ensure_direct_export(hf: Path, out: Path, name: str, fp16: bool) -> None:
         raise ValueError(f"{hf}: trainer.fuse cannot rebuild this model's graph (it takes GPT-2, and Llama with a "
                          "head size that is a multiple of 16), and without Optimum there is no other export: install "
                          "optimum-onnx")
-    if (out / "model.onnx").is_file() and (not fp16 or (out / "model_fp16.onnx").is_file()):
+    if (out / "model.onnx").is_file() and (not fp16 or (out / "model_fp16.onnx").is_file()) \
+            and export_screen_tried(out):
         return
     print(f"[models] building the fused graph of {hf} -> {out} (no Optimum: fp32{' + fp16' if fp16 else ''})",
           file=sys.stderr)
@@ -236,14 +245,34 @@ def _ensure_direct_export(hf: Path, out: Path, name: str, fp16: bool) -> None:
     del weights
     if fp16:
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
+    candidates = _screen_fp32(tmp / "model.onnx", large)
     for item in hf.iterdir():
         if item.is_file() and item.suffix == ".json" and item.name != "model.safetensors.index.json":
             shutil.copy(item, tmp / item.name)
     info = {"format": 1, "name": name, "prompt_start": "",
-            "export": {"graph": "fused", "built_from": "weights, without Optimum (benchmarks.models)"}}
+            "export": {"graph": "fused", "built_from": "weights, without Optimum (benchmarks.models)",
+                       "screen": {"candidates": candidates} if candidates else None}}
     (tmp / "tweetgen.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def _screen_fp32(path: Path, large: bool) -> int | None:
+    """Screen the fp32 graph's output layer as the export does (trainer.screen); its candidates, None if untied."""
+    import onnx
+
+    from trainer.quantize import save_onnx
+    from trainer.screen import ScreenError, screen_candidates, screen_output_layer
+
+    model = onnx.load(str(path))
+    candidates = screen_candidates(model)
+    try:
+        screen_output_layer(model, candidates=candidates)
+    except ScreenError as exc:
+        print(f"[models] {path}: output layer not screened: {exc}", file=sys.stderr)
+        return None
+    save_onnx(model, path, large)
+    return candidates
 
 
 def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:

@@ -5,7 +5,8 @@ It drives an Optimum "text-generation-with-past" ONNX export: inputs `input_ids`
 KV heads and dtype are read from the session. tweetgen's own graphs (trainer.fuse) also take `seqlens_k` and
 `total_sequence_length` and, on the CPU, write the cache into buffers in place; they also give each row's top_k
 largest logits and their ids, which is all that greedy decoding and top-k sampling read (on CUDA the logits then
-stay in GPU memory: only those ids and values are copied to the host). For n samples the prompt is
+stay in GPU memory: only those ids and values are copied to the host). The engine then does not ask for `logits`:
+a screened fp32 graph (trainer.screen) computes only its candidates' logits; it feeds top_k 0 when it reads them. For n samples the prompt is
 run once and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
 """
 
@@ -59,8 +60,8 @@ def step_feeds(spec: GraphSpec, ids: np.ndarray, past_length: int) -> dict[str, 
         feeds["position_ids"] = np.broadcast_to(positions, (batch, new)).copy()
     if spec.has_logits_start:  # every position's logits (see last_logits_only)
         feeds["logits_start"] = np.zeros(1, dtype=np.int64)
-    if spec.has_top_k:  # the graph always runs its TopK: the least work unless the caller asks for more
-        feeds["top_k"] = np.ones(1, dtype=np.int64)
+    if spec.has_top_k:  # 0: the caller reads the logits (a screened graph then computes them all; trainer.screen)
+        feeds["top_k"] = np.zeros(1, dtype=np.int64)
     if spec.has_seqlens:
         feeds["seqlens_k"] = np.full(batch, past_length + new - 1, dtype=np.int32)
         feeds["total_sequence_length"] = np.array(past_length + new, dtype=np.int32)
@@ -268,17 +269,19 @@ class Engine:
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", self.device if top else "cpu")
+        if not top:  # with top, the logits stay in the graph (a screened one does not compute them all)
+            binding.bind_output("logits", "cpu")
         for name in self.spec.present_names:
             binding.bind_output(name, self.device)
         if top:
             binding.bind_output("top_logits", "cpu")
             binding.bind_output("top_ids", "cpu")
         self.session.run_with_iobinding(binding)
-        logits, *present = binding.get_outputs()
+        outputs = binding.get_outputs()
         if top:
-            values, best = present[-2:]
-            return (values.numpy()[:, -1, :], best.numpy()[:, -1, :]), present[:-2]
+            values, best = outputs[-2:]
+            return (values.numpy()[:, -1, :], best.numpy()[:, -1, :]), outputs[:-2]
+        logits, *present = outputs
         return logits.numpy()[:, -1, :].astype(np.float32, copy=False), present
 
     def greedy_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
@@ -363,13 +366,13 @@ class _InPlaceRuns:
         for name, value in self.feeds.items():
             binding.bind_cpu_input(name, value)
         self.shape = ids.shape
-        if spec.vocab_size is not None:  # written straight into an array of ours
-            rows = 1 if "logits_start" in self.feeds else ids.shape[1]
+        rows = 1 if "logits_start" in self.feeds else ids.shape[1]
+        if self.top:  # the best values and ids only (a screened graph does not compute every logit)
+            shape = (ids.shape[0], rows, self.top)
+            self.best = (self._bind_output("top_logits", shape, spec.cache_dtype),
+                         self._bind_output("top_ids", shape, np.int64))
+        elif spec.vocab_size is not None:  # written straight into an array of ours
             self.logits = self._bind_output("logits", (ids.shape[0], rows, spec.vocab_size), spec.cache_dtype)
-            if self.top:
-                shape = (ids.shape[0], rows, self.top)
-                self.best = (self._bind_output("top_logits", shape, spec.cache_dtype),
-                             self._bind_output("top_ids", shape, np.int64))
         else:
             self.logits = None
             binding.bind_output("logits", "cpu")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from runtime.copies import FILE as COPY_INDEX_FILE
 from runtime.copies import CopyIndex
 from runtime.errors import TweetgenError
@@ -25,6 +27,7 @@ from trainer.card import render_card
 from trainer.fuse import can_fuse, fused_graph, weights_of_folder
 from trainer.quantize import INT8_METHODS, convert_fp16, is_large, quantize_int8, save_onnx
 from trainer.report import ExportReport
+from trainer.screen import ScreenError, screen_candidates, screen_output_layer
 
 __all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "export_folder_info", "export_model"]
 
@@ -204,7 +207,28 @@ def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: lis
         progress("converting to fp16")
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
         report = _check_fp16_on_cpu(tmp, report, max_logit_diff)
+    if graph == "fused":  # after int8 and fp16: they are made from the plain graph
+        report = _screen(model_dir, tmp, report, max_new_tokens, progress)
     return report
+
+
+def _screen(model_dir: Path, tmp: Path, report: ExportReport, max_new_tokens: int,
+            progress: Callable[[str], None]) -> ExportReport:
+    """Screen the fp32 graph's output layer (trainer.screen: the same tokens for greedy and top-k, reading a quarter
+    of its weights) when it is tied to the embedding, and check the graph against PyTorch again."""
+    path = tmp / "model.onnx"
+    model = onnx.load(str(path))
+    candidates = screen_candidates(model)
+    try:
+        screen_output_layer(model, candidates=candidates)
+    except ScreenError as exc:
+        log.info("fp32 output layer not screened: %s", exc)
+        return report
+    progress(f"screening the fp32 output layer ({candidates} exact logits a step)")
+    save_onnx(model, path, is_large(path))
+    del model
+    _check_parity(model_dir, tmp, max_new_tokens, "the screened fp32 graph")
+    return _replace(report, screen_candidates=candidates)
 
 
 def _check_parity(model_dir: Path, tmp: Path, max_new_tokens: int, what: str):

@@ -14,7 +14,9 @@ per row: tokens so far including this step's, minus 1) and `total_sequence_lengt
 (1,)) is the first position whose logits are wanted; and `top_logits`/`top_ids` (batch, positions, top_k): each
 position's `top_k` (int64, shape (1,)) largest logits, largest first (equal ones: the lower id first), and their
 token ids, so that sampling reads 50 numbers a row instead of 50,257 (onnxruntime runs the TopK node whatever
-outputs are asked for: feed top_k 1 when only the logits are read). Fed a past of exactly the tokens so far, it
+outputs are asked for: feed top_k 0 when only the logits are read). The export then screens the fp32 graph's
+output layer (trainer.screen): for 0 < top_k <= 128 it computes only a few hundred exact logits, and `logits` is
+empty. Fed a past of exactly the tokens so far, it
 returns the longer cache, as Optimum's graph does. Given one preallocated buffer as both past and present (IO binding),
 GroupQueryAttention writes the new keys and values into it in place: the runtime's CPU path does that, so the cache
 is never copied per token. There is no attention_mask: the runtime never pads (a batch's rows share one prompt).

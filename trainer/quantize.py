@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from trainer.screen import unscreen
+
 log = logging.getLogger(__name__)
 PROTOBUF_LIMIT = 2**31 - 2**24  # bytes; above this (with some margin) a model must keep its weights outside the .onnx
 INT8_BLOCK = 32  # weights per scale along a linear layer's input dimension
@@ -58,7 +60,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
     if method not in INT8_METHODS:
         raise ValueError(f"int8 method must be one of {', '.join(INT8_METHODS)}, not {method!r}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    model = onnx.load(str(fp32_path))
+    model = unscreen(onnx.load(str(fp32_path)))  # the int8 output layer is not screened
     large = is_large(fp32_path)
     gemms, transposes = prepare_for_quantization(model)
     log.info("int8: rewrote %d Gemm as MatMul + Add, folded %d constant Transpose", gemms, transposes)
@@ -153,7 +155,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> None:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    model = onnx.load(str(fp32_path))
+    model = unscreen(onnx.load(str(fp32_path)))  # for CUDA, which has no kernel for the screen's MatMulInteger
     large = is_large(fp32_path)
     # The converter runs onnx shape inference, which cannot take a proto over 2 GB: skip it then.
     model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=large)

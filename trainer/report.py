@@ -22,6 +22,7 @@ class ExportReport:
     perplexity_int8: float | None = None
     eval_tokens: int | None = None  # tokens scored for the perplexities
     fp16_max_logit_diff: float | None = None  # fp16 vs fp32 on CPU; None when not run
+    screen_candidates: int | None = None  # the fp32 output layer's screen (trainer.screen); None: not screened
     copy_index_windows: int | None = None  # 8-word windows of the training tweets in copies.bin; None: no index
     seconds: float = 0.0  # wall time of the whole export
     warnings: tuple[str, ...] = ()
@@ -44,5 +45,6 @@ class ExportReport:
         return {"files": dict(self.files), "graph": self.graph, "greedy_parity": {"prompts": self.parity_prompts, "equal": True},
                 "max_logit_diff": self.max_logit_diff, "int8": int8,
                 "fp16": {"max_logit_diff_vs_fp32": self.fp16_max_logit_diff} if "model_fp16.onnx" in self.files
-                else None, "copy_index_windows": self.copy_index_windows, "seconds": round(self.seconds, 1),
+                else None, "screen": {"candidates": self.screen_candidates} if self.screen_candidates else None,
+                "copy_index_windows": self.copy_index_windows, "seconds": round(self.seconds, 1),
                 "warnings": list(self.warnings)}
