@@ -26,6 +26,7 @@ from trainer.card import render_card  # noqa: E402
 from trainer.export import ExportError, ExportInfo, export_folder_info, export_model  # noqa: E402
 from trainer.parity import runtime_greedy  # noqa: E402
 from trainer.perplexity import perplexity  # noqa: E402
+from trainer.screen import is_screened  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STATS = {"alice": {"downloaded": 3187, "retweets": 412, "short": 233, "duplicates": 17, "kept": 2525},
@@ -72,6 +73,13 @@ def test_export_replaces_the_old_folder_and_decodes_like_pytorch(exported, arch)
     assert report.parity_prompts == 3 and report.max_logit_diff < 1e-4
     # trainer.fuse rebuilds both, but the tiny Llama's head size (8) is no multiple of 16: Optimum's graph
     assert report.graph == {"gpt2": "fused", "llama": "optimum"}[arch]
+    # the fused graph's fp32 output layer is screened (trainer.screen; a quarter of the tiny vocabulary), and the
+    # greedy ids below go through it; int8 and fp16 are made from the plain layer
+    assert report.screen_candidates == {"gpt2": 100, "llama": None}[arch]
+    screened = {name: is_screened(onnx.load(str(out / name))) for name in ("model.onnx", "model_quantized.onnx",
+                                                                           "model_fp16.onnx")}
+    assert screened == {"model.onnx": arch == "gpt2", "model_quantized.onnx": False, "model_fp16.onnx": False}
+    assert ("output layer is screened" in (out / "README.md").read_text()) == (arch == "gpt2")
     info = json.loads((out / "tweetgen.json").read_text())
     assert info["format"] == 1 and info["name"] == "tiny" and info["export"]["greedy_parity"]["equal"]
     assert info["versions"]["onnxruntime"] and info["users"]["alice"]["prefix"] == "@alice: "

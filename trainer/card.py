@@ -113,6 +113,11 @@ def _export_section(export: dict[str, Any]) -> str:
         lines.append("- Graph: rebuilt by tweetgen with onnxruntime's fused operators (GroupQueryAttention with "
                      "the KV cache written in place), from the same weights; checked against PyTorch like the "
                      "export.")
+    if export.get("screen"):
+        lines.append(f"- `model.onnx`'s output layer is screened (tweetgen's trainer/screen.py): for greedy decoding "
+                     f"and top-k sampling it computes exact logits for the {export['screen']['candidates']} tokens "
+                     "an 8-bit estimate with a proven error bound ranks first, or every logit when the bound cannot "
+                     "decide; the same tokens, checked against PyTorch again after the change.")
     if export.get("copy_index_windows"):
         lines.append(f"- `copies.bin`: the top 32 bits of the hashes of the training tweets' "
                      f"{export['copy_index_windows']:,} distinct 8-word windows (no text). With it, tweetgen-run "
