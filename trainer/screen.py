@@ -39,7 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 CANDIDATES = 512  # tokens whose exact logits a screened step computes
-SCREEN_WEIGHT = "screen.weight"  # the 7-bit copy's initializer: marks a screened graph
+SCREEN_WEIGHT = "screen.weight"  # the 8-bit copy's initializer: marks a screened graph
 _LEVELS = 127  # 8-bit symmetric weights
 _DIGIT = 128.0  # h as two 7-bit digits: 14 bits
 _STEPS = _DIGIT * _DIGIT - 1
@@ -97,7 +97,9 @@ def screen_output_layer(model: onnx.ModelProto, *, candidates: int = CANDIDATES)
         numpy_helper.from_array(quantized.sum(axis=1, dtype=np.int64).astype(np.float32), "screen.column_sum"),
         numpy_helper.from_array(_up(weight_error + margin * norms), "screen.per_h"),  # times |h|
         numpy_helper.from_array(_up(quantized_norm * (1 + margin)), "screen.per_e"),  # times |h - h~|
-        numpy_helper.from_array(_up(8 * 2.0 ** -24 * quantized_l1), "screen.per_range"),  # times the range of h
+        # times the range of h: the estimate's integer part is rounded to float32 four times, each time by at most
+        # 2^-24 of sums up to 2 x 16383 x sum|q|, i.e. 8 x 2^-24 x range x sum|w~| in all; twice that
+        numpy_helper.from_array(_up(16 * 2.0 ** -24 * quantized_l1), "screen.per_range"),
         numpy_helper.from_array(np.array([[_DIGIT, 1.0]], dtype=np.float32), "screen.digits_row"),
         numpy_helper.from_array(np.float32(_STEPS), "screen.steps"),
         numpy_helper.from_array(np.float32(_DIGIT), "screen.digit"),
