@@ -6,8 +6,9 @@ KV heads and dtype are read from the session. tweetgen's own graphs (trainer.fus
 `total_sequence_length` and, on the CPU, write the cache into buffers in place; they also give each row's top_k
 largest logits and their ids, which is all that greedy decoding and top-k sampling read (on CUDA the logits then
 stay in GPU memory: only those ids and values are copied to the host). The engine then does not ask for `logits`:
-a screened fp32 graph (trainer.screen) computes only its candidates' logits; it feeds top_k 0 when it reads them. For n samples the prompt is
-run once and its cache copied n times; the n rows then decode together, and a row leaves the batch when it is done.
+a screened fp32 graph (trainer.screen) computes only its candidates' logits; it feeds top_k 0 when it reads them.
+For n samples the prompt is run once and its cache copied n times; the n rows then decode together, and a row
+leaves the batch when it is done.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         tmp = swap.make_temp(out_dir)
         progress = progress or _log_step
         report = _build(model_dir, config, tmp, info, eval_texts, int8 and (int8_method or "auto"), fp16, fuse,
-                        max_new_tokens, progress)
+                        max_new_tokens, progress, screen=fp32)
         if copy_texts is not None:
             progress("indexing the training tweets' 8-word windows")
             index = CopyIndex.of_texts(copy_texts)
@@ -178,8 +178,10 @@ def _check_destination(out_dir: Path, *, source: Path) -> None:
 
 
 def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: list[str] | None, int8: str | bool,
-           fp16: bool, fuse: bool, max_new_tokens: int, progress: Callable[[str], None]) -> ExportReport:
-    """int8: False, "auto" or an int8 method."""
+           fp16: bool, fuse: bool, max_new_tokens: int, progress: Callable[[str], None], *, screen: bool = True
+           ) -> ExportReport:
+    """int8: False, "auto" or an int8 method; screen: screen a fused fp32 graph's output layer (the fp32 file is
+    kept)."""
     from trainer.parity import max_logit_diff
 
     progress("exporting to ONNX with Optimum")
@@ -207,7 +209,7 @@ def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: lis
         progress("converting to fp16")
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
         report = _check_fp16_on_cpu(tmp, report, max_logit_diff)
-    if graph == "fused":  # after int8 and fp16: they are made from the plain graph
+    if graph == "fused" and screen:  # after int8 and fp16: they are made from the plain graph
         report = _screen(model_dir, tmp, report, max_new_tokens, progress)
     return report
 
