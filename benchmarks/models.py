@@ -225,6 +225,7 @@ def _ensure_direct_export(hf: Path, out: Path, name: str, fp16: bool) -> None:
     model.onnx, and model_fp16.onnx when `fp16`; the folder's other files are copied from `hf`."""
     from trainer.fuse import can_fuse, fused_graph, weights_of_folder
     from trainer.quantize import PROTOBUF_LIMIT, convert_fp16, save_onnx
+    from trainer.screen import screen_file
 
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     if not can_fuse(config):
@@ -245,7 +246,7 @@ def _ensure_direct_export(hf: Path, out: Path, name: str, fp16: bool) -> None:
     del weights
     if fp16:
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
-    candidates = _screen_fp32(tmp / "model.onnx", large)
+    candidates = screen_file(tmp / "model.onnx")  # as the export does
     for item in hf.iterdir():
         if item.is_file() and item.suffix == ".json" and item.name != "model.safetensors.index.json":
             shutil.copy(item, tmp / item.name)
@@ -255,24 +256,6 @@ def _ensure_direct_export(hf: Path, out: Path, name: str, fp16: bool) -> None:
     (tmp / "tweetgen.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-
-
-def _screen_fp32(path: Path, large: bool) -> int | None:
-    """Screen the fp32 graph's output layer as the export does (trainer.screen); its candidates, None if untied."""
-    import onnx
-
-    from trainer.quantize import save_onnx
-    from trainer.screen import ScreenError, screen_candidates, screen_output_layer
-
-    model = onnx.load(str(path))
-    candidates = screen_candidates(model)
-    try:
-        screen_output_layer(model, candidates=candidates)
-    except ScreenError as exc:
-        print(f"[models] {path}: output layer not screened: {exc}", file=sys.stderr)
-        return None
-    save_onnx(model, path, large)
-    return candidates
 
 
 def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from runtime.copies import FILE as COPY_INDEX_FILE
 from runtime.copies import CopyIndex
 from runtime.errors import TweetgenError
@@ -27,7 +25,7 @@ from trainer.card import render_card
 from trainer.fuse import can_fuse, fused_graph, weights_of_folder
 from trainer.quantize import INT8_METHODS, convert_fp16, is_large, quantize_int8, save_onnx
 from trainer.report import ExportReport
-from trainer.screen import ScreenError, screen_candidates, screen_output_layer
+from trainer.screen import screen_file
 
 __all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "export_folder_info", "export_model"]
 
@@ -218,17 +216,10 @@ def _screen(model_dir: Path, tmp: Path, report: ExportReport, max_new_tokens: in
             progress: Callable[[str], None]) -> ExportReport:
     """Screen the fp32 graph's output layer (trainer.screen: the same tokens for greedy and top-k, reading a quarter
     of its weights) when it is tied to the embedding, and check the graph against PyTorch again."""
-    path = tmp / "model.onnx"
-    model = onnx.load(str(path))
-    candidates = screen_candidates(model)
-    try:
-        screen_output_layer(model, candidates=candidates)
-    except ScreenError as exc:
-        log.info("fp32 output layer not screened: %s", exc)
+    progress("screening the fp32 output layer")
+    candidates = screen_file(tmp / "model.onnx")
+    if candidates is None:
         return report
-    progress(f"screening the fp32 output layer ({candidates} exact logits a step)")
-    save_onnx(model, path, is_large(path))
-    del model
     _check_parity(model_dir, tmp, max_new_tokens, "the screened fp32 graph")
     return _replace(report, screen_candidates=candidates)
 

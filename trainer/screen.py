@@ -34,10 +34,14 @@ MatMulInteger has no kernel.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+log = logging.getLogger(__name__)
 CANDIDATES = 512  # tokens whose exact logits a screened step computes
 SCREEN_WEIGHT = "screen.weight"  # the 8-bit copy's initializer: marks a screened graph
 _LEVELS = 127  # 8-bit symmetric weights
@@ -199,6 +203,23 @@ def screen_output_layer(model: onnx.ModelProto, *, candidates: int = CANDIDATES)
     graph.node.extend(nodes_after[:at] + choose + nodes_after[at:])
     graph.initializer.extend(consts)
     return model
+
+
+def screen_file(path: Path) -> int | None:
+    """Screen the fp32 graph file at `path` in place (its external data too, for a model over 2 GB) with
+    screen_candidates' candidates; returns them, or None (logged) for a graph that cannot be screened."""
+    from trainer.quantize import is_large, save_onnx  # (trainer.quantize imports this module)
+
+    large = is_large(path)
+    model = onnx.load(str(path))
+    candidates = screen_candidates(model)
+    try:
+        screen_output_layer(model, candidates=candidates)
+    except ScreenError as exc:
+        log.info("%s: output layer not screened: %s", path, exc)
+        return None
+    save_onnx(model, path, large)
+    return candidates
 
 
 def unscreen(model: onnx.ModelProto) -> onnx.ModelProto:
