@@ -67,15 +67,14 @@ def manifest_path(cache: Path, name: str) -> Path:
     return cache / name / "bench_model.json"
 
 
-def build_shape(shape: str, cache: Path, *, fp16: bool = False, seed: int = 0, direct: bool | None = None
-                ) -> ModelSet:
+def build_shape(shape: str, cache: Path, *, fp16: bool = False, seed: int = 0) -> ModelSet:
     """A random-weight model of a named shape (SHAPES), with the real GPT-2 tokenizer, in every format."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
     hf = cache / shape / "hf"
     if not (hf / "model.safetensors").is_file():
         _random_gpt2(hf, SHAPES[shape], seed)
-    return build_from_hf(hf, cache, name=shape, fp16=fp16, trained=False, direct=direct)
+    return build_from_hf(hf, cache, name=shape, fp16=fp16, trained=False)
 
 
 def optimum_installed() -> bool:
@@ -87,27 +86,23 @@ def optimum_installed() -> bool:
 
 
 def build_from_hf(hf: Path, cache: Path, *, name: str, fp16: bool = False, trained: bool = True,
-                  onnx: Path | None = None, direct: bool | None = None) -> ModelSet:
-    """Export a Hugging Face causal-LM folder with tweetgen (unless `onnx` is its export already) and convert it
-    for every installed peer engine. `direct`: build the fused graph straight from the weights (fp32 and fp16, no
-    Optimum); None: only when Optimum is not installed."""
+                  onnx: Path | None = None) -> ModelSet:
+    """Export a Hugging Face causal-LM folder with tweetgen's export (unless `onnx` is its export already; the same
+    function `tweetgen-train export` runs, checked against PyTorch) and convert it for every installed peer engine:
+    Optimum's own graph for the Optimum rows when Optimum is installed (a GPU machine whose transformers is newer
+    than optimum-onnx accepts has none: no Optimum rows there)."""
     root = cache / name
     root.mkdir(parents=True, exist_ok=True)
     optimum_onnx = None
     notes = []
-    if direct is None:
-        direct = not optimum_installed()
-    if onnx is None and direct:
-        onnx = root / "onnx-direct"
-        _ensure_direct_export(hf, onnx, name, fp16)
-        notes.append("fused graph built straight from the weights (no Optimum here): fp32 and fp16 rows only, "
-                     "no Optimum rows, not checked against PyTorch by the export")
-    elif onnx is None:
+    if onnx is None:
         onnx = root / "onnx"
         _ensure_export(hf, onnx, name, fp16, fuse=True)
-        if export_graph(onnx) != "optimum":
+        if export_graph(onnx) != "optimum" and optimum_installed():
             optimum_onnx = root / "onnx-optimum"
             _ensure_export(hf, optimum_onnx, name, False, fuse=False)
+        elif not optimum_installed():
+            notes.append("no Optimum here: no Optimum rows")
     models = ModelSet(name=name, onnx=str(onnx), optimum_onnx=str(optimum_onnx) if optimum_onnx else None, hf=str(hf),
                       trained=trained, notes=notes)
     _add_ct2(models, hf, root)
@@ -130,9 +125,9 @@ def from_export(folder: Path, cache: Path, *, name: str | None = None) -> ModelS
 
 
 def build_all(shapes: list[str], hf_folders: list[Path], exported: list[Path], cache: Path, *,
-              fp16: bool = False, direct: bool | None = None) -> list[ModelSet]:
-    built = [build_shape(shape, cache, fp16=fp16, direct=direct) for shape in shapes]
-    built += [build_from_hf(hf, cache, name=hf.resolve().name, fp16=fp16, direct=direct) for hf in hf_folders]
+              fp16: bool = False) -> list[ModelSet]:
+    built = [build_shape(shape, cache, fp16=fp16) for shape in shapes]
+    built += [build_from_hf(hf, cache, name=hf.resolve().name, fp16=fp16) for hf in hf_folders]
     return built + [from_export(folder, cache) for folder in exported]
 
 
@@ -179,12 +174,6 @@ def export_int8_method(onnx: Path) -> str | None:
     return (_export_info(onnx).get("int8") or {}).get("method")
 
 
-def export_screen_tried(onnx: Path) -> bool:
-    """Whether an export folder's fp32 graph went through the output layer's screen (trainer.screen; recorded as
-    "screen", None when the graph could not be screened): folders from before it are exported again."""
-    return "screen" in _export_info(onnx)
-
-
 def graph_inputs(path: Path) -> set[str]:
     """The input names of an ONNX graph, without reading its weights (a fused graph from before its top_k input
     lacks the TopK output the runtime now reads)."""
@@ -202,64 +191,24 @@ def int8_method_for(config: dict) -> str:
 
 def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
     """Export unless `out` holds this kind of export already: the graph and the int8 kind wanted (a cached export
-    of another graph or int8 kind, from before the kinds were recorded, or a fused graph without top_k or from
-    before the screened output layer is redone)."""
-    from trainer.fuse import can_fuse
+    of another graph or int8 kind, from before the kinds were recorded, or a fused graph from before its
+    Optimum-compatible interface is redone)."""
+    from tweetgen.trainer.export.fuse import can_fuse
 
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     wanted = "fused" if fuse and can_fuse(config) else "optimum"
     if not (out / "model_quantized.onnx").is_file() or export_graph(out) != wanted \
             or export_int8_method(out) != int8_method_for(config) \
-            or (wanted == "fused" and ("top_k" not in graph_inputs(out / "model_quantized.onnx")
-                                       or not export_screen_tried(out))):
+            or (wanted == "fused" and "attention_mask" not in graph_inputs(out / "model_quantized.onnx")):
         _export(hf, out, name, fp16, fuse=wanted == "fused")
     elif fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
-        from trainer.quantize import convert_fp16
+        from tweetgen.trainer.export.quantize import convert_fp16
 
         convert_fp16(out / "model.onnx", out / "model_fp16.onnx")
 
 
-def _ensure_direct_export(hf: Path, out: Path, name: str, fp16: bool) -> None:
-    """The fused graph built straight from the weights (trainer.fuse), without Optimum and without the export's
-    check against PyTorch: for a machine whose stack has no Optimum (a GPU machine with a newer transformers).
-    model.onnx, and model_fp16.onnx when `fp16`; the folder's other files are copied from `hf`."""
-    from trainer.fuse import can_fuse, fused_graph, weights_of_folder
-    from trainer.quantize import PROTOBUF_LIMIT, convert_fp16, save_onnx
-    from trainer.screen import screen_file
-
-    config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
-    if not can_fuse(config):
-        raise ValueError(f"{hf}: trainer.fuse cannot rebuild this model's graph (it takes GPT-2, and Llama with a "
-                         "head size that is a multiple of 16), and without Optimum there is no other export: install "
-                         "optimum-onnx")
-    if (out / "model.onnx").is_file() and (not fp16 or (out / "model_fp16.onnx").is_file()) \
-            and export_screen_tried(out):
-        return
-    print(f"[models] building the fused graph of {hf} -> {out} (no Optimum: fp32{' + fp16' if fp16 else ''})",
-          file=sys.stderr)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = weights_of_folder(hf)
-    large = sum(w.nbytes for w in weights.values()) > PROTOBUF_LIMIT
-    save_onnx(fused_graph(weights, config, str(hf)), tmp / "model.onnx", large)
-    del weights
-    if fp16:
-        convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
-    candidates = screen_file(tmp / "model.onnx")  # as the export does
-    for item in hf.iterdir():
-        if item.is_file() and item.suffix == ".json" and item.name != "model.safetensors.index.json":
-            shutil.copy(item, tmp / item.name)
-    info = {"format": 1, "name": name, "prompt_start": "",
-            "export": {"graph": "fused", "built_from": "weights, without Optimum (benchmarks.models)",
-                       "screen": {"candidates": candidates} if candidates else None}}
-    (tmp / "tweetgen.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-
-
 def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
-    from trainer.export import export_folder_info, export_model
+    from tweetgen.trainer.export.export import export_folder_info, export_model
 
     graph = "fused" if fuse else "Optimum's"
     print(f"[models] exporting {hf} -> {out} (tweetgen export, {graph} graph, int8{' + fp16' if fp16 else ''})",
@@ -371,11 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="an exported model folder (e.g. exported/tweety); repeatable")
     parser.add_argument("--fp16", action="store_true", help="also write model_fp16.onnx (for the GPU rows)")
-    parser.add_argument("--direct-export", action="store_true", default=None,
-                        help="build the fused graph straight from the weights, without Optimum (default: only when "
-                             "Optimum is not installed)")
     args = parser.parse_args(argv)
-    for models in build_all(args.shapes, args.hf, args.model, args.cache, fp16=args.fp16, direct=args.direct_export):
+    for models in build_all(args.shapes, args.hf, args.model, args.cache, fp16=args.fp16):
         print(json.dumps(asdict(models)))
     return 0
 

@@ -113,7 +113,7 @@ def perplexity_check(models: list[ModelSet], texts_path: Path | None) -> dict:
     texts = _held_out_texts(texts_path)
     if not texts:
         return {"note": f"no held-out texts: give --ppl-texts FILE ({SHARED_TWEETS} is absent)"}
-    from trainer.perplexity import perplexity
+    from tweetgen.trainer.eval.perplexity import perplexity
 
     out = {}
     for m in trained:

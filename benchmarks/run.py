@@ -33,13 +33,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def build_models(args: argparse.Namespace) -> list[ModelSet]:
     exported = list(args.model)
-    from runtime.cli import DEFAULT_MODEL_NAME, EXPORTED_DIR
+    from tweetgen.cli import DEFAULT_MODEL_NAME, EXPORTED_DIR
 
     default = EXPORTED_DIR / DEFAULT_MODEL_NAME  # tweetgen-run's default model, when one has been made
     if not exported and not args.quick and default.is_dir():
         exported.append(default)
-    return model_builder.build_all(args.shapes, args.hf, exported, args.cache, fp16=args.fp16,
-                                   direct=args.direct_export)
+    return model_builder.build_all(args.shapes, args.hf, exported, args.cache, fp16=args.fp16)
 
 
 def selected(models: ModelSet, wanted: list[str] | None, gpu: bool):
@@ -71,7 +70,7 @@ def cold_start(models: ModelSet) -> dict:
     """Wall time from starting `tweetgen-run -m DIR "My dream is"` to its first stdout line (the whole first
     tweet: streaming writes the tweet, then a newline), and to its exit. The model folder's defaults, int8."""
     script = Path(sys.executable).with_name("tweetgen-run")
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "runtime"]
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "tweetgen"]
     command += ["-m", models.onnx, "--seed", "0", "My dream is"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     started = time.perf_counter()
@@ -164,10 +163,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--long-prompt", type=int, default=200, help="tokens in the long prompt")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"built models (default {DEFAULT_CACHE})")
     parser.add_argument("--fp16", action="store_true", help="also export model_fp16.onnx (GPU rows)")
-    parser.add_argument("--direct-export", action="store_true", default=None,
-                        help="build tweetgen's fused graph straight from the weights, without Optimum (fp32 and fp16 "
-                             "only; default: only when Optimum is not installed, e.g. on a GPU machine with a newer "
-                             "transformers)")
     parser.add_argument("--no-cold-start", action="store_true", help="skip the tweetgen-run cold start")
     parser.add_argument("--ppl-texts", type=Path, help="held-out texts, one per line, for the int8 perplexity check "
                                                        "(default: ../shared/data tweets when present)")

@@ -90,7 +90,7 @@ def prompt_ids(models: ModelSet, long_tokens: int, n_new: int) -> dict[str, list
     128 positions) gets the longest prompt that fits."""
     from tokenizers import Tokenizer
 
-    from runtime import read_folder
+    from tweetgen import read_folder
 
     tokenizer = Tokenizer.from_file(str(Path(models.onnx) / "tokenizer.json"))
     fits = min(long_tokens, read_folder(models.onnx).context_length - n_new)

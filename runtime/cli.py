@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: int8 on CPU, fp16 on CUDA, when the folder has them")
     parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     parser.add_argument("--no-huge-pages", action="store_true",
-                        help="keep the weights on 4 KB pages (default for models from 64 MB: 2 MB pages on Linux)")
+                        help="keep the weights on 4 KB pages (default for models from 64 MB: 2 MB pages on Linux, "
+                             "which changes this process's malloc settings)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of plain text")
     parser.add_argument("--no-stream", action="store_true", help="print the tweet only once it is complete")
     parser.add_argument("--allow-copies", action="store_true",

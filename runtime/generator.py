@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from contextlib import nullcontext, redirect_stdout
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext, redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,11 @@ from tokenizers import Tokenizer
 
 from .copies import FILE as COPY_INDEX_FILE
 from .copies import CopyIndex
-from .engine import MAX_SAMPLES, Engine, read_graph_spec
+from .engine import MAX_SAMPLES, Engine, Step, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
 from .folder import VARIANTS, ModelFolder, read_folder
 from .hugepages import AUTO_MIN_BYTES, huge_page_heap
-from .sampling import SamplingParams
+from .request import Request
 from .text import TweetText
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Generator:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
-             threads: int | None = None, huge_pages: bool | None = None) -> Generator:
+             threads: int | None = None, huge_pages: bool | None = False) -> Generator:
         """Load an exported model folder. Never touches the network.
 
         Args:
@@ -54,8 +55,10 @@ class Generator:
                 variant for it: an int8 graph is built for the CPU, whose quantized operators CUDA lacks).
             precision: "auto" (int8 on CPU, fp16 on CUDA, when the folder has them; else fp32), "fp32", "int8", "fp16".
             threads: CPU threads for onnxruntime (None: one per physical core).
-            huge_pages: put the session's weights on 2 MB pages where the system allows (Linux, glibc): faster
-                decoding (see runtime/hugepages.py). None: for CPU sessions of weights from 64 MB up.
+            huge_pages: put a CPU session's weights on 2 MB pages where the system allows (Linux, glibc): faster
+                decoding of large models, at the cost of changing glibc's malloc settings for the whole process
+                (tweetgen.hugepages says which, and to what). False (the default): no change. None: for weights of
+                64 MB and more (what tweetgen-run does).
 
         Raises:
             ModelFolderError: the folder is missing, incomplete (every missing file is listed) or unreadable.
@@ -122,6 +125,11 @@ class Generator:
         body = text.rstrip(" ")
         return self.tokenizer.encode(body).ids, len(text) - len(body)
 
+    def request(self, **options: object) -> Request:
+        """The Request that generate/stream build from their keyword options (checked; None takes the folder's
+        defaults). Raises ValueError or TypeError naming the first bad option."""
+        return Request.resolve(self.folder.sampling, **options)
+
     def generate(self, prompt: str, n: int = 1, *, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  repetition_penalty: float | None = None, seed: int | None = None, user: str | None = None,
@@ -150,25 +158,28 @@ class Generator:
         Raises:
             ValueError: an option outside its allowed range, an unknown user, or a prompt that does not fit.
         """
-        options = (max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        out = self._generate_once(prompt, n, *options, seed, user, max_chars, stop_at_newline)
-        if self.copy_index is None or allow_copies:
+        request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               repetition_penalty=repetition_penalty, seed=seed, user=user, max_chars=max_chars,
+                               stop_at_newline=stop_at_newline, allow_copies=allow_copies)
+        return self.generate_request(prompt, n, request)
+
+    def generate_request(self, prompt: str, n: int, request: Request) -> list[str]:
+        """`generate` with its options as one Request."""
+        out = self._texts(prompt, n, request)
+        if self.copy_index is None or request.allow_copies:
             return out
         # the prompt's own words count only when it does not copy a training tweet by itself
         whole = not self.copy_index.copies(prompt)
         fresh, dropped = redraw_copies(
-            lambda count, draw_seed: self._generate_once(prompt, count, *options, draw_seed, user, max_chars,
-                                                         stop_at_newline),
-            out, lambda t: self.copy_index.copies(prompt + t if whole else t), n, seed, COPY_ATTEMPTS)
+            lambda count, draw_seed: self._texts(prompt, count, replace(request, seed=draw_seed)),
+            out, lambda t: self.copy_index.copies(prompt + t if whole else t), n, request.seed, COPY_ATTEMPTS)
         if dropped:
             log.warning("%d of %d texts still copied a training tweet after %d draws: left out", dropped, n,
                         COPY_ATTEMPTS)
         return fresh
 
-    def _generate_once(self, prompt, n, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, user,
-                       max_chars, stop_at_newline) -> list[str]:
-        steps, texts = self._start(prompt, n, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                   seed, user, max_chars, stop_at_newline)
+    def _texts(self, prompt: str, n: int, request: Request) -> list[str]:
+        steps, texts = self._start(prompt, n, request)
         for _ in steps:
             pass
         return [t.text for t in texts]
@@ -183,8 +194,10 @@ class Generator:
         is shown cannot be taken back, so a stream is never checked against the copy index. Arguments are checked
         when this is called, not on the first `next()`.
         """
-        steps, texts = self._start(prompt, 1, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                   seed, user, max_chars, stop_at_newline)
+        request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               repetition_penalty=repetition_penalty, seed=seed, user=user, max_chars=max_chars,
+                               stop_at_newline=stop_at_newline, allow_copies=True)
+        steps, texts = self._start(prompt, 1, request)
         return self._pieces(steps, texts[0])
 
     @staticmethod
@@ -197,38 +210,25 @@ class Generator:
         if piece:
             yield piece
 
-    def _start(self, prompt, n, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, user,
-               max_chars, stop_at_newline) -> tuple[Iterator[None], list[TweetText]]:
-        """Check every argument, then return the step iterator and the n texts it fills."""
-        defaults = self.folder.sampling
-        params = SamplingParams(
-            temperature=defaults.temperature if temperature is None else temperature,
-            top_k=defaults.top_k if top_k is None else top_k,
-            top_p=defaults.top_p if top_p is None else top_p,
-            repetition_penalty=defaults.repetition_penalty if repetition_penalty is None else repetition_penalty)
-        if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
-            raise ValueError(f"max_chars must be an integer >= 1 or None (no limit), not {max_chars!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"seed must be an integer >= 0 or None, not {seed!r}")
-        ids, held = self._encode(prompt, user)
-        max_new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+    def _start(self, prompt: str, n: int, request: Request) -> tuple[Iterator[None], list[TweetText]]:
+        """Check the prompt and n, then return the step iterator and the n texts it fills."""
+        ids, held = self._encode(prompt, request.user)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"n must be an integer from 1 to {MAX_SAMPLES}, not {n!r}")
-        texts = [TweetText(self.tokenizer, max_chars=max_chars, stop_at_newline=stop_at_newline, skip_spaces=held)
-                 for _ in range(n)]
+        texts = [TweetText(self.tokenizer, max_chars=request.max_chars, stop_at_newline=request.stop_at_newline,
+                           skip_spaces=held) for _ in range(n)]
         done = np.zeros(n, dtype=bool)
-        tokens = self.engine.generate(ids, n=n, max_new_tokens=max_new, params=params,
-                                      rng=np.random.default_rng(seed), done=done)
-        return self._follow(tokens, texts, done), texts
+        steps = self.engine.generate(ids, n=n, max_new_tokens=request.max_new_tokens, params=request.sampling,
+                                     rng=np.random.default_rng(request.seed), done=done)
+        return self._follow(steps, texts, done), texts
 
-    def _follow(self, tokens: Iterator[tuple[np.ndarray, np.ndarray]], texts: list[TweetText],
-                done: np.ndarray) -> Iterator[None]:
+    @staticmethod
+    def _follow(steps: Iterator[Step], texts: list[TweetText], done: np.ndarray) -> Iterator[None]:
         """Feed each step's tokens to the texts; a text that is complete stops its row."""
-        eos = set(self.engine.eos_token_ids.tolist())
-        for rows, step_tokens in tokens:
-            for row, token in zip(rows.tolist(), step_tokens.tolist()):
+        for step in steps:
+            for row, token, ended in zip(step.rows.tolist(), step.tokens.tolist(), step.ended.tolist()):
                 text = texts[row]
-                if token in eos:
+                if ended:
                     text.finish()
                     continue
                 text.add(token)
@@ -295,6 +295,9 @@ def _preload_cuda_libraries() -> None:
 def open_session(model_path: Path, device: str, threads: int | None) -> ort.InferenceSession:
     """The runtime's onnxruntime session for one graph file; ModelFolderError when it cannot be loaded."""
     options = ort.SessionOptions()
+    # Warnings off: onnxruntime warns at every load that a fused graph's optional inputs (contract) are initializers
+    # that can be overridden, which is what they are for. Errors still come through.
+    options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # No CPU arena: a decoder's intermediate tensors are small, and the arena kept the largest it ever held (a
     # 200-token prompt left GPT-2 124M int8 ~20 MB larger for good: peak RSS of the benchmark's run 288 -> 275 MB,

@@ -1,21 +1,18 @@
-"""2 MB pages for a session's weights, on Linux with glibc (Generator.load: by default for weights from 64 MB up).
+"""2 MB pages for a session's weights, on Linux with glibc: opt-in (`Generator.load(huge_pages=...)`; tweetgen-run
+turns it on for models of 64 MB and more).
 
 Batch-1 decoding streams every weight once a token. onnxruntime copies the weights into its own packed buffers at
 load, which the kernel backs with 4 KB pages unless asked otherwise (transparent huge pages are usually "madvise"
 only): GPT-2 124M int8 is then ~32,000 pages a token, far more than the TLB holds. `huge_page_heap` makes the
-allocations of a load come from glibc's main heap, first grown by enough for them and advised (MADV_HUGEPAGE) to
-take 2 MB pages. Measured on GPT-2 124M (2 cores, a VM; benchmarks/README.md): ~120-140 MB of the int8 session on
-2 MB pages, int8 decoding 5.5 -> 4.8 ms a token and 5 x 64 sampled 0.55 -> 0.43 s in one benchmark run; in
-interleaved process pairs, int8 5.84 -> 5.27 ms a token and fp32 faster in 5 pairs of 5 by 2-8% (the benchmark's
-fp32 rows moved more than that between runs, either way). The int8 load costs from nothing to ~0.2 s more (the
-kernel zeroes and maps whole 2 MB pages, here through a hypervisor), so `tweetgen-run -n 5` as a whole took the same
-time (1.05 vs 1.16 s, 5 runs each); the fp32 load ~1.1 s more and ~180 MB more peak memory. Small models (the
-default one: 9 MB) load as usual.
+allocations of a load come from glibc's main heap, first grown by enough for them and advised (MADV_HUGEPAGE) to take
+2 MB pages. What it gains and costs is measured in benchmarks/README.md.
 
-Nothing changes where this cannot work (another OS or C library, no [heap] mapping, a refused call): the load goes
-on as usual. Afterwards glibc runs with the limits its own dynamic tuning reaches once it has seen large
-allocations: allocations over 32 MB are mapped on their own, and free memory at the heap's end over 64 MB goes back
-to the system.
+What stays changed in the process afterwards (glibc cannot report its settings, so they cannot be put back as they
+were): mallopt's M_MMAP_THRESHOLD is 32 MB, M_TRIM_THRESHOLD 64 MB and M_TOP_PAD 128 KB, fixed, where glibc would
+otherwise tune the first two itself; these are the values its own tuning reaches once it has seen large allocations.
+Loads on huge pages are serialized by a lock (the settings are process-wide); other threads' allocations during a
+load also come from the grown heap. Nothing changes where this cannot work (another OS or C library, no [heap]
+mapping, a refused call): the load goes on as usual.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ import ctypes
 import logging
 import platform
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,7 +34,8 @@ _AFTER_MMAP_THRESHOLD = 32 << 20  # glibc's dynamic threshold's ceiling on 64-bi
 _AFTER_TRIM_THRESHOLD = 64 << 20  # twice that, as glibc sets it when it raises the threshold
 _AFTER_TOP_PAD = 128 << 10  # glibc's default
 _NEVER = 1 << 30
-AUTO_MIN_BYTES = 64 << 20  # Generator.load uses huge pages by default for weights of this size and more
+AUTO_MIN_BYTES = 64 << 20  # huge_pages=None (tweetgen-run's default) uses them for weights of this size and more
+_LOCK = threading.Lock()  # one load at a time changes the process-wide settings
 
 
 def heap_span(maps: str) -> tuple[int, int] | None:
@@ -68,6 +67,11 @@ def huge_page_heap(reserve: int) -> Iterator[bool]:
     if libc is None:
         yield False
         return
+    with _LOCK:
+        yield from _on_huge_pages(libc, reserve)
+
+
+def _on_huge_pages(libc: ctypes.CDLL, reserve: int) -> Iterator[bool]:
     reserve = min(reserve, _NEVER - _HUGE_PAGE)  # larger blocks are mapped on their own whatever the threshold
     libc.mallopt(_M_MMAP_THRESHOLD, _NEVER)
     libc.mallopt(_M_TRIM_THRESHOLD, _NEVER)

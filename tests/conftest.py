@@ -20,14 +20,14 @@ TINY_LLAMA = FIXTURES / "tiny_llama"
 
 @pytest.fixture(scope="session")
 def gpt2():
-    from runtime import Generator
+    from tweetgen import Generator
 
     return Generator.load(TINY_GPT2, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def llama():
-    from runtime import Generator
+    from tweetgen import Generator
 
     return Generator.load(TINY_LLAMA, device="cpu")
 

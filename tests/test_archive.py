@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import archive_tweet, js_file, shared_data, write_archive
 
-from trainer.errors import ArchiveError, DataError
-from trainer.sources.archive import read_archive
+from tweetgen.trainer.errors import ArchiveError, DataError
+from tweetgen.trainer.data.sources.archive import read_archive
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data" / "synthetic_tweets.js"
 

@@ -20,7 +20,7 @@ pytest.importorskip("onnx")
 @pytest.fixture(scope="module")
 def tiny_with_int8(tmp_path_factory):
     """The tiny fixture plus an int8 variant and an extra graph, as a runtime that ships three variants would."""
-    from trainer.quantize import quantize_int8
+    from tweetgen.trainer.export.quantize import quantize_int8
 
     folder = tmp_path_factory.mktemp("bench") / "tiny_gpt2"
     shutil.copytree(TINY_GPT2, folder)
@@ -109,33 +109,23 @@ def test_a_cached_export_of_another_int8_kind_is_stale(tmp_path):
     assert int8_method_for({"model_type": "llama"}) == "blockwise"
 
 
-def test_without_optimum_the_fused_graph_is_built_from_the_weights_and_decodes_as_pytorch(tmp_path):
-    """A GPU machine's stack may lack Optimum (its transformers too new for it): the bench then builds the fused
-    graph straight from the weights, fp32 and fp16."""
+def test_the_bench_exports_with_the_trainer_s_export_and_keeps_optimum_s_graph_for_its_rows(tmp_path):
+    """One export path: the bench's tweetgen rows run what `tweetgen-train export` makes (checked against
+    PyTorch), and the Optimum rows Optimum's own graph."""
     pytest.importorskip("torch")
-    from benchmarks.models import _ensure_direct_export, build_from_hf
+    pytest.importorskip("optimum.exporters.onnx")
+    from benchmarks.models import build_from_hf
     from conftest import FIXTURES
-    from runtime import Generator, read_folder
-    from trainer.parity import check_parity
+    from tweetgen import Generator, read_folder
 
-    hf = "tiny_gpt2_hf"
-    with pytest.raises(ValueError, match="cannot rebuild this model's graph.*multiple of 16.*optimum-onnx"):
-        _ensure_direct_export(FIXTURES / "tiny_llama_hf", tmp_path / "llama", "tiny", fp16=False)  # head size 8
-    assert not (tmp_path / "llama").exists()
+    models = build_from_hf(FIXTURES / "tiny_gpt2_hf", tmp_path / "cache", name="tiny", fp16=True)
+    export = read_folder(models.onnx).info["export"]
+    assert export["graph"] == "fused" and export["greedy_parity"]["equal"]
+    assert read_folder(models.optimum_onnx).info["export"]["graph"] == "optimum"
+    fp16 = Generator.load(models.onnx, device="cpu", precision="fp16")
+    assert fp16.engine.spec.cache_dtype is np.float16
+    assert all(text.strip() for text in fp16.generate("My dream is", n=2, seed=0, max_new_tokens=8))
 
-    out = tmp_path / "onnx-direct"
-    _ensure_direct_export(FIXTURES / hf, out, "tiny", fp16=True)
-    assert {"model.onnx", "model_fp16.onnx", "tokenizer.json", "config.json", "tweetgen.json"} <= {
-        p.name for p in out.iterdir()}
-    assert not out.with_name("onnx-direct.tmp").exists()
-    assert read_folder(out).info["export"]["graph"] == "fused"
-    assert read_folder(out).info["export"]["screen"] == {"candidates": 100}  # a quarter of the tiny vocabulary
-    assert check_parity(FIXTURES / hf, out).equal  # greedy: through the screened output layer
-    fp16 = Generator.load(out, device="cpu", precision="fp16")
-    assert fp16.engine.spec.cache_dtype is np.float16 and fp16.generate("My dream is", n=2, seed=0)
-    models = build_from_hf(FIXTURES / hf, tmp_path / "cache", name="tiny", fp16=True, direct=True)
-    assert models.onnx.endswith("onnx-direct") and models.optimum_onnx is None
-    assert any("without Optimum" in note or "no Optimum" in note for note in models.notes)
 
 
 def test_the_gpu_rows_are_compared_with_pytorch_on_the_gpu_precision_for_precision():

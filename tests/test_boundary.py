@@ -6,13 +6,13 @@ import sys
 
 from conftest import TINY_GPT2
 
-HEAVY = ["torch", "transformers", "optimum", "datasets", "trainer"]
+HEAVY = ["torch", "transformers", "optimum", "datasets", "tweetgen.trainer"]
 
 
 def test_generating_imports_no_heavy_module():
     code = (
         "import json, sys\n"
-        "from runtime import Generator\n"
+        "from tweetgen import Generator\n"
         f"gen = Generator.load({str(TINY_GPT2)!r})\n"
         "gen.generate('My dream is', n=2, seed=0)\n"
         "''.join(gen.stream('My dream is', seed=0))\n"
@@ -25,8 +25,8 @@ def test_generating_imports_no_heavy_module():
 
 def test_cli_imports_no_heavy_module():
     code = (
-        "import sys, runtime.cli\n"
-        f"rc = runtime.cli.main(['-m', {str(TINY_GPT2)!r}, '--seed', '0', '--no-stream', 'Hi'])\n"
+        "import sys, tweetgen.cli\n"
+        f"rc = tweetgen.cli.main(['-m', {str(TINY_GPT2)!r}, '--seed', '0', '--no-stream', 'Hi'])\n"
         f"bad = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print('HEAVY', bad, file=sys.stderr)\n"
     )

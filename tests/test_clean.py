@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from trainer.clean import CleanOptions, UserStats, clean_all, clean_tweet, clean_user, is_short, save_stats
-from trainer.errors import DataError
-from trainer.records import Tweet
+from tweetgen.trainer.data.clean import CleanOptions, UserStats, clean_all, clean_tweet, clean_user, is_short, save_stats
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.data.records import Tweet
 
 
 def tw(text: str, i: int = 0, *, retweet: bool = False, reply: bool = False, user: str = "u") -> Tweet:

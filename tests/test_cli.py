@@ -13,7 +13,7 @@ from conftest import TINY_GPT2, TINY_LLAMA
 
 
 def cli(*args, stdin=b"", env=None, model=TINY_GPT2):
-    command = [sys.executable, "-m", "runtime", *(["-m", str(model)] if model else []), *args]
+    command = [sys.executable, "-m", "tweetgen", *(["-m", str(model)] if model else []), *args]
     return subprocess.run(command, input=stdin, capture_output=True, timeout=60,
                           env={**os.environ, **(env or {})})
 
@@ -79,7 +79,7 @@ def test_bad_model_folders(tmp_path, make):
 
 def test_no_model_and_no_default_says_how_to_get_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TWEETGEN_MODEL"}
-    code = ("import sys, runtime.cli as c, pathlib; c.EXPORTED_DIR = pathlib.Path(sys.argv[1]); "
+    code = ("import sys, tweetgen.cli as c, pathlib; c.EXPORTED_DIR = pathlib.Path(sys.argv[1]); "
             "sys.exit(c.main(['My dream is']))")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, env=env, timeout=60)
     err = result.stderr.decode()
@@ -95,7 +95,7 @@ def test_ctrl_c_exits_130():
     # The CLI waits for a prompt on a pipe that stays open; the interrupt comes the way a terminal sends it.
     # A job started in the background by a shell without job control inherits SIGINT ignored, and Python then
     # installs no handler: the child gets the default disposition back, as a terminal's foreground job has it.
-    process = subprocess.Popen([sys.executable, "-m", "runtime", "-m", str(TINY_GPT2)],
+    process = subprocess.Popen([sys.executable, "-m", "tweetgen", "-m", str(TINY_GPT2)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(2)

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import Generator
-from runtime.copies import FILE, CopyIndex, keys_of, words
-from runtime.errors import ModelFolderError
-from trainer.memorization import MemorizationIndex
+from tweetgen import Generator
+from tweetgen.copies import FILE, CopyIndex, keys_of, words
+from tweetgen.errors import ModelFolderError
+from tweetgen.trainer.eval.memorization import MemorizationIndex
 
 TINY_GPT2 = Path(__file__).parent / "fixtures" / "tiny_gpt2"
 TRAIN = ["the quick brown fox jumps over the lazy dog every single morning",

@@ -6,9 +6,9 @@ import collections
 import numpy as np
 import pytest
 
-from trainer.dataset import (DatasetOptions, balance, build_dataset, join_tweets, load_clean, save_clean, split_user,
+from tweetgen.trainer.data.dataset import (DatasetOptions, balance, build_dataset, join_tweets, load_clean, save_clean, split_user,
                              user_prefix)
-from trainer.errors import DataError
+from tweetgen.trainer.errors import DataError
 
 
 def texts(user: str, n: int) -> list[str]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.sampling import SamplingParams
+from tweetgen.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0)
 PROMPT = [45, 89, 293, 364, 221, 73, 83]  # "My dream is" in the tiny tokenizer
@@ -18,7 +18,7 @@ GOLDEN = {
 def run(engine, prompt, n=1, max_new_tokens=24, params=GREEDY, seed=0, done=None):
     """All rows' ids, as lists."""
     out = [[] for _ in range(n)]
-    for rows, tokens in engine.generate(prompt, n=n, max_new_tokens=max_new_tokens, params=params,
+    for rows, tokens, _ in engine.generate(prompt, n=n, max_new_tokens=max_new_tokens, params=params,
                                         rng=np.random.default_rng(seed), done=done):
         for row, token in zip(rows, tokens):
             out[row].append(int(token))
@@ -71,7 +71,7 @@ def test_a_row_stops_at_end_of_text(gpt2):
 def test_rows_marked_done_by_the_caller_leave_the_batch(gpt2):
     done = np.zeros(3, dtype=bool)
     seen_rows = []
-    for step, (rows, _) in enumerate(gpt2.engine.generate(PROMPT, n=3, max_new_tokens=10, params=GREEDY,
+    for step, (rows, _, _) in enumerate(gpt2.engine.generate(PROMPT, n=3, max_new_tokens=10, params=GREEDY,
                                                           rng=np.random.default_rng(0), done=done)):
         seen_rows.append(rows.tolist())
         if step == 2:
@@ -95,7 +95,7 @@ def test_bad_arguments_are_refused_when_called(gpt2, kwargs, word):
 
 def test_device_resident_cache_path_gives_the_same_ids(gpt2):
     """The IO-binding path that CUDA uses (cache kept where the session puts it), exercised here on the CPU."""
-    from runtime import Engine
+    from tweetgen import Engine
 
     bound = Engine(gpt2.engine.session, gpt2.engine.spec, context_length=gpt2.engine.context_length,
                    eos_token_ids=tuple(gpt2.engine.eos_token_ids.tolist()), io_binding=True)
@@ -111,7 +111,7 @@ def test_device_resident_cache_path_gives_the_same_ids(gpt2):
 
 
 def test_rows_leaving_a_shared_cache_move_up_in_place_and_in_order():
-    from runtime.engine import _leave
+    from tweetgen.runners import leave as _leave
 
     buffers = [np.arange(5 * 2 * 6 * 3, dtype=np.float32).reshape(5, 2, 6, 3) + 1000 * i for i in range(2)]
     before = [b.copy() for b in buffers]

@@ -11,9 +11,9 @@ import shutil
 import pytest
 
 from conftest import TINY_GPT2
-from trainer.eval_card import END, START, insert_section, render_eval_section, write_eval
-from trainer.memorization import MemorizationIndex, MemorizationStats, generate_fresh, words
-from trainer.textstats import Spread, TextStats, distinct_n
+from tweetgen.trainer.eval.card import END, START, insert_section, render_eval_section, write_eval
+from tweetgen.trainer.eval.memorization import MemorizationIndex, MemorizationStats, generate_fresh, words
+from tweetgen.trainer.eval.textstats import Spread, TextStats, distinct_n
 
 TRAIN = ["The quick brown fox jumps over the lazy dog near the river bank today",
          "I cannot wait to see the new rocket launch from the pad tomorrow morning",
@@ -121,7 +121,7 @@ def test_distinct_n_on_hand_made_lists():
 
 def test_the_classifier_tells_two_voices_apart_and_scores_generated_tweets():
     pytest.importorskip("sklearn")
-    from trainer.voice import VoiceClassifier, voice_scores
+    from tweetgen.trainer.eval.voice import VoiceClassifier, voice_scores
 
     train = {"loud": synthetic(ROCKET, 150, 1, shouting), "calm": synthetic(COFFEE, 150, 2, quiet)}
     heldout = {"loud": synthetic(ROCKET, 40, 3, shouting), "calm": synthetic(COFFEE, 40, 4, quiet)}
@@ -187,7 +187,7 @@ def texts(seed):
 
 def test_evaluate_model_end_to_end_on_tiny_gpt2(tiny):
     pytest.importorskip("sklearn")
-    from trainer.evaluate import evaluate_model
+    from tweetgen.trainer.eval.evaluate import evaluate_model
 
     train, heldout = texts(10), texts(20)
     report = evaluate_model(tiny, train, heldout, samples=20, seed=0)
@@ -205,7 +205,7 @@ def test_evaluate_model_end_to_end_on_tiny_gpt2(tiny):
 
 
 def test_a_single_voice_model_is_evaluated_without_voice(tiny):
-    from trainer.evaluate import evaluate_model
+    from tweetgen.trainer.eval.evaluate import evaluate_model
 
     info = json.loads((tiny / "tweetgen.json").read_text())
     info["users"] = {}
@@ -216,8 +216,8 @@ def test_a_single_voice_model_is_evaluated_without_voice(tiny):
 
 
 def test_evaluate_model_refuses_voices_without_held_out_tweets(tiny):
-    from trainer.errors import DataError
-    from trainer.evaluate import evaluate_model
+    from tweetgen.trainer.errors import DataError
+    from tweetgen.trainer.eval.evaluate import evaluate_model
 
     with pytest.raises(DataError, match="bob"):
         evaluate_model(tiny, texts(1), {"alice": ["a tweet of alice"]}, samples=2)
@@ -228,8 +228,8 @@ def test_evaluate_model_refuses_voices_without_held_out_tweets(tiny):
 def test_the_eval_stage_on_a_work_folder(tiny, tmp_path, capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("datasets")
-    from trainer.cli import main
-    from trainer.dataset import save_clean
+    from tweetgen.trainer.cli import main
+    from tweetgen.trainer.data.dataset import save_clean
 
     workdir = tmp_path / "work"
     save_clean(workdir, texts(30))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from runtime import Generator
+from tweetgen import Generator
 from test_engine import GOLDEN, PROMPT
 
 pytestmark = pytest.mark.torch
@@ -21,12 +21,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 onnx = pytest.importorskip("onnx")
 
-from trainer import export as export_module  # noqa: E402
-from trainer.card import render_card  # noqa: E402
-from trainer.export import ExportError, ExportInfo, export_folder_info, export_model  # noqa: E402
-from trainer.parity import runtime_greedy  # noqa: E402
-from trainer.perplexity import perplexity  # noqa: E402
-from trainer.screen import is_screened  # noqa: E402
+from tweetgen.trainer.export import export as export_module  # noqa: E402
+from tweetgen.trainer.export.card import render_card  # noqa: E402
+from tweetgen.trainer.export.export import ExportError, ExportInfo, export_folder_info, export_model  # noqa: E402
+from tweetgen.trainer.export.parity import runtime_greedy  # noqa: E402
+from tweetgen.trainer.eval.perplexity import perplexity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STATS = {"alice": {"downloaded": 3187, "retweets": 412, "short": 233, "duplicates": 17, "kept": 2525},
@@ -71,15 +70,10 @@ def test_export_replaces_the_old_folder_and_decodes_like_pytorch(exported, arch)
     out, report = exported[arch]
     assert not (out / "marker.txt").exists() and leftovers(out) == []
     assert report.parity_prompts == 3 and report.max_logit_diff < 1e-4
-    # trainer.fuse rebuilds both, but the tiny Llama's head size (8) is no multiple of 16: Optimum's graph
+    # fuse.py builds both from the weights, but the tiny Llama's head size (8) is no multiple of 16: Optimum's graph
     assert report.graph == {"gpt2": "fused", "llama": "optimum"}[arch]
-    # the fused graph's fp32 output layer is screened (trainer.screen; a quarter of the tiny vocabulary), and the
-    # greedy ids below go through it; int8 and fp16 are made from the plain layer
-    assert report.screen_candidates == {"gpt2": 100, "llama": None}[arch]
-    screened = {name: is_screened(onnx.load(str(out / name))) for name in ("model.onnx", "model_quantized.onnx",
-                                                                           "model_fp16.onnx")}
-    assert screened == {"model.onnx": arch == "gpt2", "model_quantized.onnx": False, "model_fp16.onnx": False}
-    assert ("output layer is screened" in (out / "README.md").read_text()) == (arch == "gpt2")
+    metadata = {p.key: p.value for p in onnx.load(str(out / "model.onnx"), load_external_data=False).metadata_props}
+    assert ("tweetgen.fused_graph" in metadata) == (arch == "gpt2")
     info = json.loads((out / "tweetgen.json").read_text())
     assert info["format"] == 1 and info["name"] == "tiny" and info["export"]["greedy_parity"]["equal"]
     assert info["versions"]["onnxruntime"] and info["users"]["alice"]["prefix"] == "@alice: "
@@ -179,7 +173,7 @@ def test_a_failing_export_leaves_the_old_folder(tmp_path, monkeypatch):
 KILLED_EXPORT = """
 import sys, time
 from pathlib import Path
-from trainer import export
+from tweetgen.trainer.export import export
 def hang(*args, **kwargs):
     Path(sys.argv[2]).write_text("quantizing")
     time.sleep(120)
@@ -189,7 +183,7 @@ export.export_model(sys.argv[3], sys.argv[1], info=export.ExportInfo(name="tiny"
 
 
 def test_a_killed_export_leaves_the_old_folder_and_its_temp_is_removed_later(tmp_path):
-    from trainer.swap import remove_stale_temps
+    from tweetgen.trainer.export.swap import remove_stale_temps
 
     out, reached = tmp_path / "tiny", tmp_path / "reached"
     previous_export(out)
@@ -299,7 +293,7 @@ def test_export_folder_info_for_a_folder_trained_elsewhere():
 def test_models_over_the_protobuf_limit_keep_their_weights_outside(exported, tmp_path, monkeypatch):
     import shutil
 
-    from trainer import quantize
+    from tweetgen.trainer.export import quantize
 
     folder = tmp_path / "large"
     shutil.copytree(exported["gpt2"][0], folder)
@@ -316,7 +310,7 @@ def test_models_over_the_protobuf_limit_keep_their_weights_outside(exported, tmp
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_swap_into_place_leaves_the_old_folder_at_the_temp_path(tmp_path, monkeypatch, exchange):
-    from trainer import swap
+    from tweetgen.trainer.export import swap
 
     if not exchange:
         monkeypatch.setattr(swap, "_exchange", lambda a, b: False)  # the rename-aside path of other systems
@@ -331,7 +325,7 @@ def test_swap_into_place_leaves_the_old_folder_at_the_temp_path(tmp_path, monkey
 
 @pytest.mark.parametrize("method, op", [("blockwise", "MatMulNBits"), ("per_tensor", "MatMulInteger")])
 def test_both_int8_kinds_quantize_every_linear_layer(exported, tmp_path, method, op):
-    from trainer.quantize import quantize_int8
+    from tweetgen.trainer.export.quantize import quantize_int8
 
     out, _ = exported["gpt2"]
     count = quantize_int8(out / "model.onnx", tmp_path / "q.onnx", method=method)
@@ -353,7 +347,7 @@ def test_a_big_int8_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypat
     """Above EXTERNAL_DATA_BYTES the int8 weights go to model_quantized.onnx.data: same model, mapped at load."""
     import shutil
 
-    from trainer import quantize
+    from tweetgen.trainer.export import quantize
 
     single, split = tmp_path / "single", tmp_path / "split"
     for folder in (single, split):
@@ -373,7 +367,7 @@ def test_a_big_int8_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypat
 def test_the_embedding_table_is_stored_int8_per_row_within_half_a_step(exported, tmp_path):
     from onnx import numpy_helper
 
-    from trainer.quantize import quantize_int8
+    from tweetgen.trainer.export.quantize import quantize_int8
 
     out, _ = exported["gpt2"]
     fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out / "model.onnx")).graph.initializer}

@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import shared_data
 
-from trainer.errors import DataError
-from trainer.sources.files import read_file
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.data.sources.files import read_file
 
 
 def _csv(path, rows, header):

@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from conftest import TINY_GPT2
-from runtime import Generator, ModelFolderError, read_folder
-from runtime.folder import SamplingDefaults
+from tweetgen import Generator, ModelFolderError, read_folder
+from tweetgen.folder import SamplingDefaults
 
 
 @pytest.fixture

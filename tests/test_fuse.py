@@ -1,4 +1,5 @@
-"""trainer.fuse: the lean GPT-2 and Llama graphs compute what Optimum's export computes, with far fewer nodes."""
+"""tweetgen.trainer.export.fuse: the lean GPT-2 and Llama graphs compute what Optimum's export computes, with far
+fewer nodes, behind Optimum's interface."""
 
 import json
 from pathlib import Path
@@ -8,13 +9,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from trainer.fuse import FuseError, can_fuse, fused_gpt2, fused_llama, weights_of_folder, weights_of_onnx
+from tweetgen.trainer.export.fuse import FuseError, can_fuse, fused_gpt2, fused_llama, weights_of_folder, weights_of_onnx
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run(session, ids, past, past_length, layers):
-    names = {i.name for i in session.get_inputs()}
+    names = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
     batch, new = ids.shape
     feeds = {"input_ids": ids}
     if "position_ids" in names:
@@ -23,9 +24,6 @@ def run(session, ids, past, past_length, layers):
         feeds["attention_mask"] = np.ones((batch, past_length + new), np.int64)
     if "logits_start" in names:
         feeds["logits_start"] = np.zeros(1, np.int64)
-    if "seqlens_k" in names:
-        feeds["seqlens_k"] = np.full(batch, past_length + new - 1, np.int32)
-        feeds["total_sequence_length"] = np.array(past_length + new, np.int32)
     if "top_k" in names:
         feeds["top_k"] = np.ones(1, np.int64)
     for i in range(layers):
@@ -73,13 +71,13 @@ def test_the_fused_graph_matches_optimum_with_and_without_a_cache(graphs):
 def test_the_fused_graph_is_small_and_keeps_the_runtime_interface(graphs):
     config, path, (optimum, fused) = graphs
     model = onnx.load(str(path))
-    assert len(model.graph.node) <= 12 * config["n_layer"] + 9
+    assert len(model.graph.node) <= 12 * config["n_layer"] + 15  # + 6 that read the mask
     assert len(onnx.load(str(FIXTURES / "tiny_gpt2" / "model.onnx")).graph.node) > 5 * len(model.graph.node)
     ops = {n.op_type for n in model.graph.node}
     assert {"GroupQueryAttention", "FastGelu", "LayerNormalization"} <= ops
-    optimum_inputs = {i.name for i in optimum.get_inputs()} - {"attention_mask"}
-    assert {i.name for i in fused.get_inputs()} == optimum_inputs | {"seqlens_k", "total_sequence_length",
-                                                                     "logits_start", "top_k"}
+    # Optimum's required inputs exactly (Optimum loads the graph), and two optional ones with defaults
+    assert {i.name for i in fused.get_inputs()} == {i.name for i in optimum.get_inputs()}
+    assert {i.name for i in fused.get_overridable_initializers()} == {"logits_start", "top_k"}
     # Optimum's outputs in the same order, then each position's best tokens
     assert [o.name for o in fused.get_outputs()] == [o.name for o in optimum.get_outputs()] + ["top_logits",
                                                                                               "top_ids"]
@@ -107,7 +105,7 @@ def fused_generator(graphs, tmp_path_factory):
     """The tiny GPT-2 fixture folder with the fused graph as its model.onnx."""
     import shutil
 
-    from runtime import Generator
+    from tweetgen import Generator
 
     folder = tmp_path_factory.mktemp("fused_folder") / "tiny"
     shutil.copytree(FIXTURES / "tiny_gpt2", folder)
@@ -116,7 +114,7 @@ def fused_generator(graphs, tmp_path_factory):
 
 
 def engine_like(generator, **options):
-    from runtime import Engine
+    from tweetgen import Engine
 
     engine = generator.engine
     return Engine(engine.session, engine.spec, context_length=engine.context_length,
@@ -126,7 +124,7 @@ def engine_like(generator, **options):
 def test_the_runtime_decodes_the_fused_graph_like_transformers(fused_generator):
     from test_engine import GOLDEN, PROMPT, run
 
-    assert fused_generator.engine.shared_cache and fused_generator.engine.spec.has_seqlens
+    assert fused_generator.engine.shared_cache and fused_generator.engine.spec.fused
     assert run(fused_generator.engine, PROMPT) == [GOLDEN["gpt2"]]
     assert run(fused_generator.engine, PROMPT, n=3) == [GOLDEN["gpt2"]] * 3
     assert fused_generator.engine.greedy_without_cache(PROMPT, 24) == GOLDEN["gpt2"]
@@ -137,7 +135,7 @@ def test_the_cache_written_in_place_decodes_as_the_copied_cache(fused_generator)
     """Rows leaving the batch take their buffers with them; every path draws the same tokens."""
     from test_engine import PROMPT, run
 
-    from runtime.sampling import SamplingParams
+    from tweetgen.sampling import SamplingParams
 
     copied = engine_like(fused_generator, shared_cache=False)
     bound = engine_like(fused_generator, io_binding=True)
@@ -157,8 +155,7 @@ def test_the_top_outputs_are_each_position_s_largest_logits_in_order(graphs):
     layers, heads, size = config["n_layer"], config["n_head"], config["n_embd"] // config["n_head"]
     prompt = np.random.default_rng(2).integers(0, config["vocab_size"], (2, 5)).astype(np.int64)
     feeds = {"input_ids": prompt, "position_ids": np.broadcast_to(np.arange(5), (2, 5)).copy(),
-             "seqlens_k": np.full(2, 4, np.int32), "total_sequence_length": np.array(5, np.int32),
-             "logits_start": np.zeros(1, np.int64), "top_k": np.array([7], np.int64)}
+             "attention_mask": np.ones((2, 5), np.int64), "top_k": np.array([7], np.int64)}
     feeds.update({f"past_key_values.{i}.{kind}": np.zeros((2, heads, 0, size), np.float32)
                   for i in range(layers) for kind in ("key", "value")})
     logits, values, ids = fused.run(["logits", "top_logits", "top_ids"], feeds)
@@ -171,7 +168,7 @@ def test_the_top_outputs_are_each_position_s_largest_logits_in_order(graphs):
 def test_greedy_and_top_k_read_the_graph_s_best_tokens_and_draw_as_the_logits_do(fused_generator):
     from test_engine import PROMPT, run
 
-    from runtime.sampling import SamplingParams
+    from tweetgen.sampling import SamplingParams
 
     engine = fused_generator.engine
     logits_only = engine_like(fused_generator, shared_cache=False)  # never asks the graph for its best tokens
@@ -194,12 +191,12 @@ def test_greedy_and_top_k_read_the_graph_s_best_tokens_and_draw_as_the_logits_do
     assert engine._top_request(SamplingParams(top_k=engine.spec.vocab_size)) == 0
 
 
-def test_a_graph_without_seqlens_cannot_share_its_cache():
-    from runtime import Generator
+def test_a_graph_that_is_not_fused_cannot_share_its_cache():
+    from tweetgen import Generator
 
     generator = Generator.load(FIXTURES / "tiny_gpt2", device="cpu")
-    assert not generator.engine.shared_cache
-    with pytest.raises(ValueError, match="seqlens_k"):
+    assert not generator.engine.shared_cache and not generator.engine.spec.fused
+    with pytest.raises(ValueError, match="fused graph"):
         engine_like(generator, shared_cache=True)
 
 
@@ -210,8 +207,7 @@ def test_logits_start_gives_the_last_positions_only(graphs):
     empty = [np.zeros((2, heads, 0, size), np.float32)] * (2 * layers)
     every, cache = run(fused, prompt, empty, 0, layers)
     feeds = {"input_ids": prompt, "position_ids": np.broadcast_to(np.arange(6), (2, 6)).copy(),
-             "seqlens_k": np.full(2, 5, np.int32), "total_sequence_length": np.array(6, np.int32),
-             "logits_start": np.array([5], np.int64), "top_k": np.ones(1, np.int64)}
+             "attention_mask": np.ones((2, 6), np.int64), "logits_start": np.array([5], np.int64)}
     feeds.update({f"past_key_values.{i}.{kind}": empty[0] for i in range(layers) for kind in ("key", "value")})
     last, *last_cache = fused.run([o.name for o in fused.get_outputs() if not o.name.startswith("top_")], feeds)
     assert last.shape == (2, 1, config["vocab_size"]) and np.abs(last[:, 0] - every[:, -1]).max() < 1e-5
@@ -242,7 +238,7 @@ def test_the_fused_llama_graph_computes_what_pytorch_does(llama16):
 
     config = json.loads((llama16 / "config.json").read_text())
     model = fused_llama(weights_of_folder(llama16), config)
-    assert len(model.graph.node) <= 12 * config["num_hidden_layers"] + 7
+    assert len(model.graph.node) <= 12 * config["num_hidden_layers"] + 13  # + 6 that read the mask
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert "position_ids" not in {i.name for i in session.get_inputs()}
     torch_model = AutoModelForCausalLM.from_pretrained(str(llama16), dtype=torch.float32).eval()
@@ -259,15 +255,15 @@ def test_the_fused_llama_graph_computes_what_pytorch_does(llama16):
 
 
 def test_a_llama_export_is_fused_and_the_runtime_decodes_it_like_pytorch(llama16, tmp_path):
-    from trainer.export import export_folder_info, export_model
-    from trainer.parity import check_parity
+    from tweetgen.trainer.export.export import export_folder_info, export_model
+    from tweetgen.trainer.export.parity import check_parity
 
     out = tmp_path / "out"
     report = export_model(llama16, out, info=export_folder_info(llama16, "tiny"), int8=True, fp16=False)
     assert report.graph == "fused"
     parity = check_parity(llama16, out, max_new_tokens=12)  # runtime greedy ids vs transformers' generate
     assert parity.equal and parity.prompts >= 3
-    from runtime import Generator
+    from tweetgen import Generator
 
     generator = Generator.load(out, device="cpu", precision="int8")
     assert generator.engine.shared_cache and generator.engine.spec.kv_heads == 2

@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runtime import Generator, SamplingDefaults
+from tweetgen import Generator, SamplingDefaults
 
 
 def test_same_seed_same_texts_and_other_seeds_differ(gpt2):
@@ -89,7 +89,7 @@ def test_a_cuda_provider_that_cannot_start_is_an_error_or_with_auto_the_cpu(monk
     this onnxruntime has no CUDA provider at all, which the session treats the same way."""
     from conftest import TINY_GPT2
 
-    from runtime import TweetgenError, generator
+    from tweetgen import TweetgenError, generator
 
     monkeypatch.setattr(generator, "cuda_available", lambda: True)
     with pytest.raises(TweetgenError, match="could not start its CUDA provider"):
@@ -107,7 +107,7 @@ def test_auto_keeps_an_int8_only_folder_on_the_cpu_even_with_a_gpu(monkeypatch, 
 
     from conftest import TINY_GPT2
 
-    from runtime import generator
+    from tweetgen import generator
 
     folder = tmp_path / "int8_only"
     shutil.copytree(TINY_GPT2, folder)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import TINY_GPT2
 
-from runtime import Generator
-from runtime.hugepages import heap_span, huge_page_heap
+from tweetgen import Generator
+from tweetgen.hugepages import heap_span, huge_page_heap
 
 GLIBC_LINUX = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -50,8 +50,10 @@ def test_a_huge_page_load_writes_the_same_tweets():
     assert huge.generate("My dream is", **options) == plain.generate("My dream is", **options)
 
 
-def test_huge_pages_are_the_default_from_64_mb_of_weights_only(monkeypatch):
-    import runtime.generator as generator_module
+def test_huge_pages_are_opt_in_for_a_library_and_by_size_for_the_cli(monkeypatch):
+    """Generator.load changes no process-wide setting unless asked; tweetgen-run asks (None) for large models."""
+    import tweetgen.cli as cli_module
+    import tweetgen.generator as generator_module
 
     reserves = []
     real = generator_module.huge_page_heap
@@ -61,12 +63,53 @@ def test_huge_pages_are_the_default_from_64_mb_of_weights_only(monkeypatch):
         return real(reserve)
 
     monkeypatch.setattr(generator_module, "huge_page_heap", spy)
-    Generator.load(TINY_GPT2, device="cpu")  # a few hundred KB of weights: as usual
+    monkeypatch.setattr(generator_module, "AUTO_MIN_BYTES", 1)  # as if the fixture were a large model
+    Generator.load(TINY_GPT2, device="cpu")  # the library's default: never
     assert reserves == []
     Generator.load(TINY_GPT2, device="cpu", huge_pages=True)
     assert len(reserves) == 1 and reserves[0] > 64 << 20
-    monkeypatch.setattr(generator_module, "AUTO_MIN_BYTES", 1)  # as if the fixture were a large model
-    Generator.load(TINY_GPT2, device="cpu")
+    Generator.load(TINY_GPT2, device="cpu", huge_pages=None)  # by size: this "large" model
     assert len(reserves) == 2
-    Generator.load(TINY_GPT2, device="cpu", huge_pages=False)
+    monkeypatch.setattr(generator_module, "AUTO_MIN_BYTES", 64 << 20)
+    Generator.load(TINY_GPT2, device="cpu", huge_pages=None)  # by size: a few hundred KB, as usual
     assert len(reserves) == 2
+    # the CLI loads by size, and not at all with --no-huge-pages
+    asked = []
+    monkeypatch.setattr(cli_module.Generator, "load", lambda *a, **k: asked.append(k["huge_pages"]) or 1 / 0)
+    for argv in ([], ["--no-huge-pages"]):
+        try:
+            cli_module.run(cli_module.build_parser().parse_args(["-m", str(TINY_GPT2), *argv, "Hi"]))
+        except ZeroDivisionError:
+            pass
+    assert asked == [None, False]
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="the heap trick is for Linux with glibc")
+def test_concurrent_huge_page_loads_take_turns():
+    """The settings are process-wide: two loads in threads never hold the heap open at once."""
+    import threading
+
+    import tweetgen.hugepages as hugepages
+
+    inside, most = [0], [0]
+    real = hugepages._on_huge_pages
+
+    def counting(libc, reserve):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        try:
+            yield from real(libc, reserve)
+        finally:
+            inside[0] -= 1
+
+    hugepages._on_huge_pages, original = counting, real
+    try:
+        threads = [threading.Thread(target=Generator.load, args=(TINY_GPT2,), kwargs={"huge_pages": True})
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        hugepages._on_huge_pages = original
+    assert most[0] == 1 and inside[0] == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from runtime import Generator, SamplingParams
+from tweetgen import Generator, SamplingParams
 from test_engine import GOLDEN, PROMPT
 
 pytestmark = pytest.mark.torch
@@ -24,7 +24,7 @@ def torch_greedy(hf_folder, prompt, max_new_tokens):
 def runtime_greedy(generator, prompt, max_new_tokens):
     steps = generator.engine.generate(prompt, n=1, max_new_tokens=max_new_tokens,
                                       params=SamplingParams(temperature=0), rng=np.random.default_rng(0))
-    return [int(tokens[0]) for _, tokens in steps]
+    return [int(step.tokens[0]) for step in steps]
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -42,7 +42,7 @@ def test_runtime_greedy_equals_transformers_greedy(arch, text):
 
 def test_the_fixture_script_rebuilds_the_same_model(tmp_path):
     pytest.importorskip("optimum.exporters.onnx")
-    from trainer.tiny_model import write_fixture
+    from tiny_model import write_fixture
 
     rebuilt = Generator.load(write_fixture("gpt2", tmp_path))
     assert runtime_greedy(rebuilt, PROMPT, 24) == GOLDEN["gpt2"]

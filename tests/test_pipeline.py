@@ -11,8 +11,8 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from runtime import Generator  # noqa: E402
-from trainer.cli import main  # noqa: E402
+from tweetgen import Generator  # noqa: E402
+from tweetgen.trainer.cli import main  # noqa: E402
 
 WORDS = "rockets launch today moon mars cars solar energy future people love great news coffee morning".split()
 

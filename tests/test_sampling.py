@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from runtime.sampling import SamplingParams, draw, nucleus_candidates, penalize_repeats, sample, top_k_indices
+from tweetgen.sampling import SamplingParams, draw, nucleus_candidates, penalize_repeats, sample, top_k_indices
 
 LOGITS = np.array([[1.0, 3.0, 2.0, 0.5, -1.0]], dtype=np.float32)  # ranks: 1, 2, 0, 3, 4
 

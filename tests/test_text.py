@@ -2,7 +2,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import TINY_GPT2
-from runtime.text import TweetText, cut_to_limit
+from tweetgen.text import TweetText, cut_to_limit
 
 EMOJI_TEXT = " Launch 🚀🎉 over 日本 and the café ❤️ tonight 👍🏽 🔥🔥"
 

@@ -24,9 +24,9 @@ pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 wandb = pytest.importorskip("wandb")
 
-from runtime.errors import TweetgenError  # noqa: E402
-from trainer.cli import main  # noqa: E402
-from trainer.tracking import Tracker  # noqa: E402
+from tweetgen.errors import TweetgenError  # noqa: E402
+from tweetgen.trainer.cli import main  # noqa: E402
+from tweetgen.trainer.tracking import Tracker  # noqa: E402
 
 SECRET = "xbearer-marker-7f3a9c"  # set as X_BEARER_TOKEN during the run: it must appear nowhere wandb wrote
 WORDS = "rockets launch today moon mars cars solar energy future people love great news coffee morning".split()
@@ -147,7 +147,7 @@ def test_no_secret_reaches_wandb(tracked):
 def test_tracking_off_imports_no_wandb():
     code = (
         "import sys\n"
-        "from trainer.cli import _start_tracker, build_parser\n"
+        "from tweetgen.trainer.cli import _start_tracker, build_parser\n"
         "args = build_parser().parse_args(['run', '--file', 'x.csv', '--name', 'tinybot'])\n"
         "with _start_tracker(args) as tracker:\n"
         "    tracker.log_raw('.', ['alice']); tracker.log_dataset('.'); tracker.log_model('.'); tracker.log_eval({})\n"

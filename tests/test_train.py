@@ -16,10 +16,10 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from trainer.base import BaseModelError, load_base  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.dataset import DatasetOptions, build_dataset  # noqa: E402
-from trainer.train import TrainError, pack, train  # noqa: E402
+from tweetgen.trainer.train.base_model import BaseModelError, load_base  # noqa: E402
+from tweetgen.trainer.train.config import TrainConfig  # noqa: E402
+from tweetgen.trainer.data.dataset import DatasetOptions, build_dataset  # noqa: E402
+from tweetgen.trainer.train.finetune import TrainError, pack, train  # noqa: E402
 
 TINY_HF = str(FIXTURES / "tiny_gpt2_hf")
 TEXTS = {"alice": [f"rockets launch today number {i} and the moon is near" for i in range(60)],
@@ -92,8 +92,8 @@ import sys, time
 from pathlib import Path
 import transformers
 from transformers import TrainerCallback
-import trainer.train as t
-from trainer.dataset import DatasetOptions, build_dataset
+import tweetgen.trainer.train.finetune as t
+from tweetgen.trainer.data.dataset import DatasetOptions, build_dataset
 from test_train import TEXTS, tiny_config
 
 class Slow(TrainerCallback):
@@ -150,8 +150,8 @@ def test_a_scratch_model_gets_a_tokenizer_trained_on_the_tweets(tmp_path):
                                            ("scratch:depth=3", "KEY one of layers"),
                                            ("scratch:width=100,heads=3", "multiple of heads")])
 def test_bad_scratch_specs_are_refused(spec, message):
-    from runtime.errors import TweetgenError
-    from trainer.scratch import parse_spec
+    from tweetgen.errors import TweetgenError
+    from tweetgen.trainer.train.scratch import parse_spec
 
     with pytest.raises(TweetgenError, match=message):
         parse_spec(spec)

@@ -7,7 +7,8 @@ import json
 import pytest
 from conftest import archive_tweet, shared_data, write_archive
 
-from trainer import cli, fetch
+from tweetgen.trainer import cli
+from tweetgen.trainer.data import fetch
 
 
 def _csv(path, texts, header=("id", "text")):

@@ -7,9 +7,9 @@ import logging
 import pytest
 from conftest import shared_data
 
-from trainer.errors import XApiError
-from trainer.fetch import Source, download_user, fetch
-from trainer.sources import xapi
+from tweetgen.trainer.errors import XApiError
+from tweetgen.trainer.data.fetch import Source, download_user, fetch
+from tweetgen.trainer.data.sources import xapi
 
 
 class Sleeps(list):

@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import TweetgenError
-from trainer.clean import CleanOptions, UserStats, clean_all, save_stats, stats_json
-from trainer.dataset import save_clean
-from trainer.fetch import Source, fetch
+from tweetgen.errors import TweetgenError
+from tweetgen.trainer.data.clean import CleanOptions, UserStats, clean_all, save_stats, stats_json
+from tweetgen.trainer.data.dataset import save_clean
+from tweetgen.trainer.data.fetch import Source, fetch
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_stage_args(parser: argparse.ArgumentParser, *, need_sources: bool) -> None:
-    from trainer.config import add_config_args
+    from tweetgen.trainer.train.config import add_config_args
 
     add_source_args(parser, rename_flags=("--as",), workdir_required=False)
     add_clean_args(parser)
@@ -222,15 +222,15 @@ def _setup_logging(verbose: bool) -> None:
 
     handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("trainer")
+    root = logging.getLogger("tweetgen.trainer")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def run_train(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Clean the SOURCES if any were given, then fine-tune; returns the training summary."""
-    from trainer.config import config_from_args
-    from trainer.pipeline import train_stage
+    from tweetgen.trainer.train.config import config_from_args
+    from tweetgen.trainer.pipeline import train_stage
 
     if args.sources:
         run_clean(args)
@@ -246,7 +246,7 @@ def run_train(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
 
 def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling defaults given on the command line, checked (runtime.sampling's rules)."""
-    from runtime.sampling import SamplingParams
+    from tweetgen.sampling import SamplingParams
 
     given = {key: getattr(args, key) for key in ("temperature", "top_k", "top_p", "repetition_penalty")
              if getattr(args, key, None) is not None}
@@ -261,8 +261,8 @@ def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Export a trained run of the work folder, or any Hugging Face causal-LM folder (--model)."""
-    from trainer.export import export_folder_info, export_model
-    from trainer.pipeline import export_stage
+    from tweetgen.trainer.export.export import export_folder_info, export_model
+    from tweetgen.trainer.pipeline import export_stage
 
     variants = dict(int8=not args.no_int8, fp16=not args.no_fp16, fp32=not args.no_fp32)
     sampling = sampling_defaults(args)
@@ -286,8 +286,8 @@ def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Evaluate the model folder (--model, or the one the pipeline just exported); eval.json and the card."""
-    from trainer.eval_card import eval_table
-    from trainer.evaluate import evaluate_folder
+    from tweetgen.trainer.eval.card import eval_table
+    from tweetgen.trainer.eval.evaluate import evaluate_folder
 
     if args.stage == "eval":
         folder, name, samples, seed = args.model, args.name, args.samples, args.seed
@@ -376,8 +376,8 @@ def _start_tracker(args: argparse.Namespace):
     """The experiment tracker of --report-to (train, run, export); it does nothing for the other stages."""
     from dataclasses import asdict
 
-    from trainer.config import config_from_args
-    from trainer.tracking import Tracker
+    from tweetgen.trainer.train.config import config_from_args
+    from tweetgen.trainer.tracking import Tracker
 
     if args.stage in ("train", "run"):
         config = config_from_args(args)

@@ -1,5 +1,5 @@
 """Errors the trainer raises for bad input: each message names the file, user or value and what would work."""
-from runtime.errors import TweetgenError
+from tweetgen.errors import TweetgenError
 
 
 class DataError(TweetgenError):

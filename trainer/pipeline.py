@@ -14,11 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import TweetgenError
+from tweetgen.errors import TweetgenError
 
-from .base import base_license
-from .config import TrainConfig
-from .dataset import DatasetOptions, build_dataset, load_clean, user_prefix
+from tweetgen.trainer.train.base_model import base_license
+from tweetgen.trainer.train.config import TrainConfig
+from tweetgen.trainer.data.dataset import DatasetOptions, build_dataset, load_clean, user_prefix
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def make_dataset(workdir: Path, config: TrainConfig):
 
 def train_stage(workdir: Path, name: str, config: TrainConfig, *, resume: bool = False, console=None, tracker=None):
     """Fine-tune on the work folder's cleaned tweets, logging data and model to `tracker`; returns the TrainResult."""
-    from .train import train
+    from tweetgen.trainer.train.finetune import train
 
     dataset = make_dataset(workdir, config)
     log.info("training set: %d tweets, validation: %d", len(dataset["train"]), len(dataset["validation"]))
@@ -67,7 +67,7 @@ def train_stage(workdir: Path, name: str, config: TrainConfig, *, resume: bool =
 
 def export_info(workdir: Path, name: str):
     """The ExportInfo of a finished run: users with their prefixes and counts, training details, perplexities."""
-    from .export import ExportInfo
+    from tweetgen.trainer.export.export import ExportInfo
 
     folder = run_dir(workdir, name)
     metrics_path, config_path = folder / "metrics.json", folder / "train_config.json"
@@ -101,8 +101,8 @@ def export_stage(workdir: Path, name: str, out: Path, *, int8: bool = True, fp16
     copy_index: ship copies.bin, the index of the training tweets' 8-word windows (runtime.copies).
     sampling: sampling defaults to write over DEFAULT_SAMPLING (temperature, top_k, top_p, repetition_penalty).
     """
-    from .evaluate import split_texts
-    from .export import export_model
+    from tweetgen.trainer.eval.evaluate import split_texts
+    from tweetgen.trainer.export.export import export_model
 
     model_dir = run_dir(workdir, name) / "model"
     copy_texts = [t for ts in split_texts(workdir, name)[0].values() for t in ts] if copy_index else None

@@ -25,10 +25,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import TweetgenError
+from tweetgen.errors import TweetgenError
 
-from .cache import raw_path
-from .config import report_targets
+from tweetgen.trainer.data.cache import raw_path
+from tweetgen.trainer.train.config import report_targets
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ class TweetgenEngine(BenchEngine):
     def load(self) -> None:
         import onnxruntime as ort
 
-        from runtime import Engine, Generator
-        from runtime.engine import read_graph_spec
+        from tweetgen import Engine, Generator
+        from tweetgen.engine import read_graph_spec
 
         if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise Unavailable("no CUDA: onnxruntime-gpu and an NVIDIA GPU are needed")
@@ -24,13 +24,13 @@ class TweetgenEngine(BenchEngine):
         precision = _PRECISIONS.get(self.file)
         if precision is not None:  # what a user gets: the runtime's own loading path
             loaded = Generator.load(self.models.onnx, device=self.device, precision=precision, threads=self.threads,
-                                    huge_pages=False if self.variant.endswith(SMALL_PAGES) else None)
+                                    huge_pages=False if self.variant.endswith(SMALL_PAGES) else None)  # as tweetgen-run
             folder, tokenizer, session = loaded.folder, loaded.tokenizer, loaded.engine.session
         else:  # an extra graph in the folder (e.g. model_optimized.onnx): the runtime's session options
             from tokenizers import Tokenizer
 
-            from runtime import read_folder
-            from runtime.generator import open_session
+            from tweetgen import read_folder
+            from tweetgen.generator import open_session
 
             folder = read_folder(self.models.onnx)
             tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
@@ -53,14 +53,11 @@ class TweetgenEngine(BenchEngine):
     def greedy(self, prompt_ids: list[int], n_new: int) -> list[int]:
         import numpy as np
 
-        from runtime import SamplingParams
+        from tweetgen import SamplingParams
 
-        out = []
-        for _, tokens in self.generator.engine.generate(prompt_ids, n=1, max_new_tokens=n_new,
-                                                        params=SamplingParams(temperature=0),
-                                                        rng=np.random.default_rng(0)):
-            out.append(int(tokens[0]))
-        return out
+        steps = self.generator.engine.generate(prompt_ids, n=1, max_new_tokens=n_new,
+                                               params=SamplingParams(temperature=0), rng=np.random.default_rng(0))
+        return [int(step.tokens[0]) for step in steps]
 
     def sample_texts(self, prompt: str, n: int, n_new: int, seed: int) -> list[str]:
         return self.generator.generate(prompt, n, max_new_tokens=n_new, seed=seed, max_chars=None,

@@ -17,15 +17,14 @@ from dataclasses import dataclass, field, replace as _replace
 from pathlib import Path
 from typing import Any
 
-from runtime.copies import FILE as COPY_INDEX_FILE
-from runtime.copies import CopyIndex
-from runtime.errors import TweetgenError
-from trainer import swap
-from trainer.card import render_card
-from trainer.fuse import can_fuse, fused_graph, weights_of_folder
-from trainer.quantize import INT8_METHODS, convert_fp16, is_large, quantize_int8, save_onnx
-from trainer.report import ExportReport
-from trainer.screen import screen_file
+from tweetgen.copies import FILE as COPY_INDEX_FILE
+from tweetgen.copies import CopyIndex
+from tweetgen.errors import TweetgenError
+from tweetgen.trainer.export import swap
+from tweetgen.trainer.export.card import render_card
+from tweetgen.trainer.export.fuse import can_fuse, fused_graph, weights_of_folder
+from tweetgen.trainer.export.quantize import INT8_METHODS, PROTOBUF_LIMIT, convert_fp16, quantize_int8, save_onnx
+from tweetgen.trainer.export.report import ExportReport
 
 __all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "export_folder_info", "export_model"]
 
@@ -115,8 +114,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
             else "blockwise"; or force one of trainer.quantize.INT8_METHODS (no perplexity check without eval_texts).
         copy_texts: the training tweets: their 8-word windows are indexed into copies.bin, with which the runtime
             draws again any text that copies one (runtime.copies). None: no index.
-        fuse: rebuild a GPT-2 or Llama graph with onnxruntime's fused operators (trainer.fuse; checked against
-            PyTorch like Optimum's); other architectures keep Optimum's graph. False keeps Optimum's graph for all.
+        fuse: build a GPT-2 or Llama graph straight from the weights with onnxruntime's fused operators
+            (tweetgen.trainer.export.fuse: Optimum's interface, which Optimum loads too); other architectures get
+            Optimum's export. False takes Optimum's export for all.
         max_new_tokens: tokens decoded greedily per prompt in the parity check.
         progress: called with a short description as each step starts.
 
@@ -142,7 +142,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         tmp = swap.make_temp(out_dir)
         progress = progress or _log_step
         report = _build(model_dir, config, tmp, info, eval_texts, int8 and (int8_method or "auto"), fp16, fuse,
-                        max_new_tokens, progress, screen=fp32)
+                        max_new_tokens, progress)
         if copy_texts is not None:
             progress("indexing the training tweets' 8-word windows")
             index = CopyIndex.of_texts(copy_texts)
@@ -176,28 +176,23 @@ def _check_destination(out_dir: Path, *, source: Path) -> None:
 
 
 def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: list[str] | None, int8: str | bool,
-           fp16: bool, fuse: bool, max_new_tokens: int, progress: Callable[[str], None], *, screen: bool = True
-           ) -> ExportReport:
-    """int8: False, "auto" or an int8 method; screen: screen a fused fp32 graph's output layer (the fp32 file is
-    kept)."""
-    from trainer.parity import max_logit_diff
+           fp16: bool, fuse: bool, max_new_tokens: int, progress: Callable[[str], None]) -> ExportReport:
+    """model.onnx (the fused graph straight from the weights where fusing applies, else Optimum's), checked against
+    PyTorch once; then the variants made from it. int8: False, "auto" or an int8 method."""
+    from tweetgen.trainer.export.parity import max_logit_diff
 
-    progress("exporting to ONNX with Optimum")
-    _optimum_export(model_dir, tmp)
-    _write_folder_info(model_dir, config, tmp, info)
-    progress("checking ONNX against PyTorch")
-    parity = _check_parity(model_dir, tmp, max_new_tokens, "the ONNX export")
-    graph = "optimum"
     if fuse and can_fuse(config.to_dict()):
-        progress(f"rebuilding the {config.model_type} graph with fused operators")
-        optimum_graph = tmp / "model.onnx"
-        large = is_large(optimum_graph)
-        for path in tmp.glob("model.onnx*"):  # the graph and any external data file beside it
-            path.unlink()
-        save_onnx(fused_graph(weights_of_folder(model_dir), config.to_dict(), str(model_dir)), optimum_graph, large)
-        progress("checking the fused graph against PyTorch")
-        parity = _check_parity(model_dir, tmp, max_new_tokens, f"the fused {config.model_type} graph")
+        progress(f"building the fused {config.model_type} graph from the weights")
+        _fused_export(model_dir, config, tmp)
         graph = "fused"
+    else:
+        progress("exporting to ONNX with Optimum")
+        _optimum_export(model_dir, tmp)
+        graph = "optimum"
+    _write_tokenizer_files(model_dir, config, tmp)
+    _write_folder_info(model_dir, config, tmp, info)
+    progress("checking the ONNX graph against PyTorch")
+    parity = _check_parity(model_dir, tmp, max_new_tokens, f"the {graph} {config.model_type} graph")
     report = ExportReport(out_dir=tmp, files={}, parity_prompts=parity.prompts, max_logit_diff=parity.max_logit_diff,
                           graph=graph)
     if int8:
@@ -207,25 +202,11 @@ def _build(model_dir: Path, config, tmp: Path, info: ExportInfo, eval_texts: lis
         progress("converting to fp16")
         convert_fp16(tmp / "model.onnx", tmp / "model_fp16.onnx")
         report = _check_fp16_on_cpu(tmp, report, max_logit_diff)
-    if graph == "fused" and screen:  # after int8 and fp16: they are made from the plain graph
-        report = _screen(model_dir, tmp, report, max_new_tokens, progress)
     return report
 
 
-def _screen(model_dir: Path, tmp: Path, report: ExportReport, max_new_tokens: int,
-            progress: Callable[[str], None]) -> ExportReport:
-    """Screen the fp32 graph's output layer (trainer.screen: the same tokens for greedy and top-k, reading a quarter
-    of its weights) when it is tied to the embedding, and check the graph against PyTorch again."""
-    progress("screening the fp32 output layer")
-    candidates = screen_file(tmp / "model.onnx")
-    if candidates is None:
-        return report
-    _check_parity(model_dir, tmp, max_new_tokens, "the screened fp32 graph")
-    return _replace(report, screen_candidates=candidates)
-
-
 def _check_parity(model_dir: Path, tmp: Path, max_new_tokens: int, what: str):
-    from trainer.parity import check_parity
+    from tweetgen.trainer.export.parity import check_parity
 
     parity = check_parity(model_dir, tmp, max_new_tokens=max_new_tokens)
     if not parity.equal:
@@ -234,6 +215,35 @@ def _check_parity(model_dir: Path, tmp: Path, max_new_tokens: int, what: str):
                           f"gave {bad.onnx_ids} with ONNX and {bad.torch_ids} with PyTorch "
                           f"(max logit difference {parity.max_logit_diff:.3g}); the previous model folder is unchanged")
     return parity
+
+
+def _fused_export(model_dir: Path, config, tmp: Path) -> None:
+    """model.onnx: the fused graph (tweetgen.trainer.export.fuse) built from the PyTorch weights, and config.json."""
+    weights = weights_of_folder(model_dir)
+    large = sum(w.nbytes for w in weights.values()) > PROTOBUF_LIMIT
+    save_onnx(fused_graph(weights, config.to_dict(), str(model_dir)), tmp / "model.onnx", large)
+    config.save_pretrained(tmp)
+
+
+def _write_tokenizer_files(model_dir: Path, config, tmp: Path) -> None:
+    """The tokenizer as transformers saves it (tokenizer.json for tweetgen; tokenizer_config.json and the rest for
+    AutoTokenizer), saying what the graph takes: input_ids and attention_mask (no token_type_ids), and the
+    context length."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read the tokenizer of {model_dir}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ExportError(f"the tokenizer of {model_dir} has no fast (tokenizer.json) form, which tweetgen's runtime "
+                          "reads; save the model with a fast tokenizer")
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    context = next((getattr(config, key) for key in ("n_positions", "max_position_embeddings")
+                    if isinstance(getattr(config, key, None), int)), None)
+    if context:
+        tokenizer.model_max_length = context
+    tokenizer.save_pretrained(tmp)
 
 
 def _optimum_export(model_dir: Path, tmp: Path) -> None:
@@ -248,9 +258,9 @@ def _optimum_export(model_dir: Path, tmp: Path) -> None:
         if _disk_full(exc):
             raise OSError(errno.ENOSPC, str(exc)) from exc
         raise ExportError(f"Optimum could not export {model_dir} (task text-generation-with-past): {exc}") from exc
-    if not (tmp / "model.onnx").is_file() or not (tmp / "tokenizer.json").is_file():
-        raise ExportError(f"the export of {model_dir} made no model.onnx or no tokenizer.json (a fast tokenizer is "
-                          f"needed); it made: {', '.join(sorted(p.name for p in tmp.iterdir()))}")
+    if not (tmp / "model.onnx").is_file():
+        raise ExportError(f"the export of {model_dir} made no model.onnx; it made: "
+                          f"{', '.join(sorted(p.name for p in tmp.iterdir()))}")
 
 
 def _write_folder_info(model_dir: Path, config, tmp: Path, info: ExportInfo) -> None:
@@ -272,7 +282,7 @@ def _write_folder_info(model_dir: Path, config, tmp: Path, info: ExportInfo) -> 
 def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None, method: str) -> ExportReport:
     """The int8 variant: `method`, or ("auto") the faster per-tensor kind when held-out texts show it within
     tolerance, else blockwise."""
-    from trainer.perplexity import perplexity
+    from tweetgen.trainer.eval.perplexity import perplexity
 
     int8_path = tmp / "model_quantized.onnx"
     if not eval_texts:  # nothing to check the faster kind against: take the one that is accurate everywhere

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from trainer.errors import DataError
-from trainer.memorization import MemorizationIndex, MemorizationStats
-from trainer.textstats import TextStats
-from trainer.voice import VoiceScores, voice_scores
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.eval.memorization import MemorizationIndex, MemorizationStats
+from tweetgen.trainer.eval.textstats import TextStats
+from tweetgen.trainer.eval.voice import VoiceScores, voice_scores
 
 log = logging.getLogger(__name__)
 BATCH = 25  # tweets generated per call (one batch decoded together)
@@ -120,7 +120,7 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
         ValueError: samples < 1.
         DataError: no held-out tweets, or the model has voices that heldout_texts does not have.
     """
-    from runtime import Generator
+    from tweetgen import Generator
 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, not {samples!r}")
@@ -193,7 +193,7 @@ def _generate(generator, voices: list[str], samples: int, seed: int, prompt: str
 
 def _perplexities(generator, heldout: dict[str, list[str]]) -> dict[str, tuple[float | None, int]]:
     """user -> (perplexity, tokens) on up to PERPLEXITY_TWEETS held-out tweets, each with the user's prefix."""
-    from trainer.perplexity import perplexity
+    from tweetgen.trainer.eval.perplexity import perplexity
 
     out: dict[str, tuple[float | None, int]] = {}
     for user, texts in heldout.items():
@@ -244,9 +244,9 @@ def split_texts(workdir: str | Path, name: str | None = None) -> tuple[dict[str,
 
     With `name`, the split of `runs/<name>/train_config.json`; else the split a default TrainConfig makes.
     """
-    from trainer.config import TrainConfig
-    from trainer.dataset import user_prefix
-    from trainer.pipeline import cleaned_users, make_dataset, run_dir, tagging
+    from tweetgen.trainer.train.config import TrainConfig
+    from tweetgen.trainer.data.dataset import user_prefix
+    from tweetgen.trainer.pipeline import cleaned_users, make_dataset, run_dir, tagging
 
     config = TrainConfig()
     if name is not None:
@@ -274,9 +274,9 @@ def evaluate_folder(folder: str | Path, workdir: str | Path, *, name: str | None
     The split is the one of the training run `name`; without a name, the run named like the folder's tweetgen.json
     when the work folder has it, else the split a default TrainConfig makes.
     """
-    from runtime.folder import read_folder
-    from trainer.eval_card import write_eval
-    from trainer.pipeline import run_dir
+    from tweetgen.folder import read_folder
+    from tweetgen.trainer.eval.card import write_eval
+    from tweetgen.trainer.pipeline import run_dir
 
     if name is None:
         own = str(read_folder(folder).info.get("name") or "")

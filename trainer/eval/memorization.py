@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.copies import NGRAM_WORDS, ngram_hashes, word_hash, words
-from runtime.generator import redraw_copies
+from tweetgen.copies import NGRAM_WORDS, ngram_hashes, word_hash, words
+from tweetgen.generator import redraw_copies
 
 log = logging.getLogger(__name__)
 NEAR_DUPLICATE_JACCARD = 0.8  # character 5-gram Jaccard similarity at or above which two tweets are near-duplicates

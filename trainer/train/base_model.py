@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from runtime.errors import TweetgenError
+from tweetgen.errors import TweetgenError
 
 log = logging.getLogger(__name__)
 SEPARATOR = "<|endoftext|>"  # put between tweets; GPT-2 and most byte-level BPE vocabularies have it
@@ -24,7 +24,7 @@ def load_base(name: str, texts: list[str] | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if name.startswith("scratch:"):
-        from .scratch import new_gpt2
+        from tweetgen.trainer.train.scratch import new_gpt2
 
         model, tokenizer = new_gpt2(name, texts or [])
         return _with_separator(model, tokenizer)

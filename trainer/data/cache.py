@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import DataError
-from trainer.records import Tweet
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.data.records import Tweet
 
 SOURCES_INDEX = "sources.json"  # in raw/: fingerprint of each source already cached -> the users it gave
 _UMASK = os.umask(0o022)

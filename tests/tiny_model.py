@@ -45,7 +45,7 @@ def _corpus(lines: int, seed: int = 0) -> list[str]:
 
 def build_tokenizer():
     """A byte-level BPE tokenizer, GPT-2 style, with `<|endoftext|>` as its only special token."""
-    from .scratch import train_bpe
+    from tweetgen.trainer.train.scratch import train_bpe
 
     return train_bpe(_corpus(3000), VOCAB_SIZE)
 

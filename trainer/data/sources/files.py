@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import DataError
-from trainer.records import Tweet, check_user_name, looks_like_retweet, to_iso, user_from_stem
-from trainer.sources.jsfile import decode_utf8, parse_json_text
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.data.records import Tweet, check_user_name, looks_like_retweet, to_iso, user_from_stem
+from tweetgen.trainer.data.sources.jsfile import decode_utf8, parse_json_text
 
 log = logging.getLogger(__name__)
 

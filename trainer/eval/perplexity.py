@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.engine import GraphSpec, read_graph_spec, step_feeds
-from runtime.folder import read_folder
+from tweetgen.engine import GraphSpec, read_graph_spec, step_feeds
+from tweetgen.folder import read_folder
 
 log = logging.getLogger(__name__)
 BATCH_TOKENS = 1024  # padded tokens per forward pass: bounds the (B, S, V) logits array (~200 MB at a 50k vocab)

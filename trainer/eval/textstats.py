@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.memorization import words
+from tweetgen.trainer.eval.memorization import words
 
 
 @dataclass(frozen=True)

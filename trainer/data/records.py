@@ -6,7 +6,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from trainer.errors import DataError
+from tweetgen.trainer.errors import DataError
 
 _TWITTER_DATE = "%a %b %d %H:%M:%S %z %Y"  # v1.1 and archives: "Wed Oct 19 20:07:25 +0000 2022"
 _USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")

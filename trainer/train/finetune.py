@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import TweetgenError
+from tweetgen.errors import TweetgenError
 
-from .base import load_base, separator_token
-from .config import TrainConfig, report_targets
+from tweetgen.trainer.train.base_model import load_base, separator_token
+from tweetgen.trainer.train.config import TrainConfig, report_targets
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
                                                     tokenizer.convert_tokens_to_ids(separator), block_size))
               for name in ("train", "validation")}
     real_tokens = sum(map(sum, splits["train"]["attention_mask"]))
-    from .progress import EvaluateAtEnd, RichProgressCallback
+    from tweetgen.trainer.train.progress import EvaluateAtEnd, RichProgressCallback
 
     callbacks = [EvaluateAtEnd()] + ([RichProgressCallback(console)] if console is not None else [])
     trainer = Trainer(model=model, args=_training_arguments(config, checkpoints, len(splits["train"])),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Generator, SamplingParams
-from trainer.perplexity import full_logits
+from tweetgen import Generator, SamplingParams
+from tweetgen.trainer.eval.perplexity import full_logits
 
 PROMPTS = ("My dream is", "I think the", "Today")  # greedy-checked prompts (each with the next user's prefix)
 GREEDY = SamplingParams(temperature=0)
@@ -46,7 +46,7 @@ def runtime_greedy(generator: Generator, ids: list[int], max_new_tokens: int) ->
     """Greedy ids from tweetgen's engine; ends with the end-of-text token when one is drawn."""
     steps = generator.engine.generate(ids, n=1, max_new_tokens=max_new_tokens, params=GREEDY,
                                       rng=np.random.default_rng(0))
-    return [int(tokens[0]) for _, tokens in steps]
+    return [int(step.tokens[0]) for step in steps]
 
 
 def check_parity(model_dir: str | Path, folder: str | Path, *, max_new_tokens: int = 16) -> Parity:

@@ -14,10 +14,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer import cache
-from trainer.errors import DataError
-from trainer.records import Tweet, check_user_name
-from trainer.sources import archive, files, xapi
+from tweetgen.trainer.data import cache
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.data.records import Tweet, check_user_name
+from tweetgen.trainer.data.sources import archive, files, xapi
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import json
 import re
 from typing import Any
 
-from trainer.errors import DataError
+from tweetgen.trainer.errors import DataError
 
 _ASSIGNMENT = re.compile(r"\s*(?:window\.)?[A-Za-z_$][\w$.]*\s*=\s*")
 

@@ -31,8 +31,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trainer.screen import unscreen
-
 log = logging.getLogger(__name__)
 PROTOBUF_LIMIT = 2**31 - 2**24  # bytes; above this (with some margin) a model must keep its weights outside the .onnx
 INT8_BLOCK = 32  # weights per scale along a linear layer's input dimension
@@ -60,7 +58,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
     if method not in INT8_METHODS:
         raise ValueError(f"int8 method must be one of {', '.join(INT8_METHODS)}, not {method!r}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    model = unscreen(onnx.load(str(fp32_path)))  # the int8 output layer is not screened
+    model = onnx.load(str(fp32_path))
     large = is_large(fp32_path)
     gemms, transposes = prepare_for_quantization(model)
     log.info("int8: rewrote %d Gemm as MatMul + Add, folded %d constant Transpose", gemms, transposes)
@@ -79,15 +77,41 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
                              weight_type=QuantType.QInt8, use_external_data_format=large,
                              # shape inference cannot type the outputs of onnxruntime's fused ops (trainer.fuse)
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    if not large and out_path.stat().st_size > EXTERNAL_DATA_BYTES:
+    interface = _output_shapes(onnx.load(str(fp32_path), load_external_data=False))
+    quantized = onnx.load(str(out_path))
+    if _restore_output_shapes(quantized, interface) or (not large and out_path.stat().st_size > EXTERNAL_DATA_BYTES):
         # Weights in a file beside the graph are memory-mapped by onnxruntime instead of parsed into a copy first:
         # GPT-2 124M int8's peak RSS while loading fell from 271 to 221 MB here, its speed unchanged.
-        save_onnx(onnx.load(str(out_path)), out_path, True)
+        save_onnx(quantized, out_path, large or out_path.stat().st_size > EXTERNAL_DATA_BYTES)
+    del quantized
     counts = count_ops(onnx.load(str(out_path), load_external_data=False))
     layers = counts.get("MatMulNBits", 0) + counts.get("MatMulInteger", 0)
     log.info("int8 (%s): %d quantized linear layers, %d MatMul and %d Gemm left in fp32", method, layers,
              counts.get("MatMul", 0), counts.get("Gemm", 0))
     return layers
+
+
+def _output_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    return {o.name: list(o.type.tensor_type.shape.dim) for o in model.graph.output}
+
+
+def _restore_output_shapes(model: onnx.ModelProto, shapes: dict[str, list]) -> bool:
+    """Give the outputs the shapes of the graph they were made from: the converters' shape inference fixes a
+    dimension that a graph input sets (top_logits' last, from the default of the optional top_k input: 0), and
+    onnxruntime then refuses an output bound with another size. Intermediate values inferred with such a 0 lose
+    their shape too. True when anything changed."""
+    inferred = [v for v in model.graph.value_info
+                if any(d.HasField("dim_value") and d.dim_value == 0 for d in v.type.tensor_type.shape.dim)]
+    for value in inferred:
+        model.graph.value_info.remove(value)
+    changed = bool(inferred)
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        if output.name in shapes and list(dims) != shapes[output.name]:
+            del dims[:]
+            dims.extend(shapes[output.name])
+            changed = True
+    return changed
 
 
 def _embeddings_per_row(graph: onnx.GraphProto) -> int:
@@ -155,13 +179,15 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> None:
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    model = unscreen(onnx.load(str(fp32_path)))  # for CUDA, which has no kernel for the screen's MatMulInteger
+    model = onnx.load(str(fp32_path))
+    interface = _output_shapes(model)
     large = is_large(fp32_path)
     # The converter runs onnx shape inference, which cannot take a proto over 2 GB: skip it then.
     model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=large)
     # The converter keeps some ops in float32 (TopK among them) and appends the casts it puts before them at the end
     # of the graph, after their readers: put the nodes back in an order onnx accepts.
     OnnxModel(model).topological_sort()
+    _restore_output_shapes(model, interface)
     save_onnx(model, out_path, large)
 
 

@@ -1,29 +1,31 @@
-"""Lean GPT-2 and Llama decoder graphs, rebuilt from a model's weights with onnxruntime's fused operators.
+"""Lean GPT-2 and Llama decoder graphs, built straight from a model's weights with onnxruntime's fused operators.
 
 Optimum's GPT-2 graph computes every shape at run time: about 1,400 nodes for GPT-2 124M, most of them Shape,
-Gather, Concat, Unsqueeze and Reshape on tiny tensors. At batch 1 those cost onnxruntime more time per token than
-the int8 matrix products themselves, and onnxruntime's transformer optimizer does not recognise the attention
-pattern that transformers 4.5x exports (it fuses only the Gelu and the LayerNorms).
+Gather, Concat, Unsqueeze and Reshape on tiny tensors. At batch 1 those cost onnxruntime more time per token than the
+int8 matrix products themselves. `fused_gpt2` writes the same model as about 10 nodes a layer: LayerNormalization,
+MatMul (+ bias), com.microsoft GroupQueryAttention (causal, with as many KV heads as heads), FastGelu, residual Adds.
+`fused_llama` does the same for Llama models such as SmolLM2 (12 nodes a layer), with GroupQueryAttention's own rotary
+embedding and real grouped KV heads.
 
-`fused_gpt2` writes the same model as about 10 nodes a layer: LayerNormalization, MatMul (+ bias), com.microsoft
-GroupQueryAttention (causal, with as many KV heads as heads: plain multi-head attention), FastGelu with its bias,
-residual Adds (onnxruntime fuses MatMul with its bias, and Add with the next LayerNorm). Interface: inputs
-`input_ids`, `position_ids`, `past_key_values.{i}.key/value` (batch, heads, past, head size), `seqlens_k` (int32,
-per row: tokens so far including this step's, minus 1) and `total_sequence_length` (int32 scalar); outputs `logits`
-(batch, sequence - logits_start, vocabulary) and `present.{i}.key/value`, where `logits_start` (int64, shape
-(1,)) is the first position whose logits are wanted; and `top_logits`/`top_ids` (batch, positions, top_k): each
-position's `top_k` (int64, shape (1,)) largest logits, largest first (equal ones: the lower id first), and their
-token ids, so that sampling reads 50 numbers a row instead of 50,257 (onnxruntime runs the TopK node whatever
-outputs are asked for: feed top_k 0 when only the logits are read). The export then screens the fp32 graph's
-output layer (trainer.screen): for 0 < top_k <= 128 it computes only a few hundred exact logits, and `logits` is
-empty. Fed a past of exactly the tokens so far, it
-returns the longer cache, as Optimum's graph does. Given one preallocated buffer as both past and present (IO binding),
-GroupQueryAttention writes the new keys and values into it in place: the runtime's CPU path does that, so the cache
-is never copied per token. There is no attention_mask: the runtime never pads (a batch's rows share one prompt).
-`fused_llama` does the same for Llama models such as SmolLM2 (Optimum's graph of SmolLM2-135M: ~4,000 nodes;
-this one 12 a layer), with GroupQueryAttention's own rotary embedding and real grouped KV heads; it has no
-position_ids input. Other architectures keep Optimum's graph. GroupQueryAttention has CUDA kernels for fp16 only:
-the fp32 graph on CUDA runs that node on the CPU.
+The graph's interface is Optimum's (text-generation-with-past), so that Optimum's ORTModelForCausalLM, and
+`transformers.pipeline` through it, load the folder as it is; tweetgen's additions are optional inputs that have
+defaults and extra outputs nobody has to read. The contract, whose names are `tweetgen.contract`'s constants:
+- inputs `input_ids` (B, S), `attention_mask` (B, past + S), `position_ids` (B, S; GPT-2 only: GroupQueryAttention
+  places Llama's rotary positions itself), `past_key_values.{i}.key/value` (B, kv heads, past, head size). The mask is
+  read for its row sums and its length only (GroupQueryAttention's `seqlens_k` = row sum - 1 and
+  `total_sequence_length` = its length, computed inside the graph): rows are unpadded, or padded on the right.
+  Left padding, which Optimum's batched generation uses, is not supported; one prompt, or n samples of one prompt,
+  always works.
+- optional `logits_start` (int64, (1,), default 0): the first position whose logits are computed. The runtime asks for
+  the last position only, which saves the output layer's work for every other position of a prompt.
+- optional `top_k` (int64, (1,), default 0): outputs `top_logits`/`top_ids` (B, positions, top_k) are each position's
+  top_k largest logits, largest first (equal ones: the lower id first), and their ids, so that greedy decoding and
+  top-k sampling read k numbers a row instead of the vocabulary's.
+- outputs `logits` (B, S - logits_start, vocabulary), `present.{i}.key/value` (B, kv heads, past + S, head size).
+- Given one buffer of capacity >= past + S as both past and present (IO binding), GroupQueryAttention writes the new
+  keys and values into it in place: the runtime's CPU path does that, so the cache is never copied per token. The
+  graph says it can (metadata `tweetgen.contract.FUSED_METADATA`); Optimum's graphs cannot.
+GroupQueryAttention has CUDA kernels for fp16 only: the fp32 graph on CUDA runs that node on the CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from tweetgen.contract import (ATTENTION_MASK, CONTRACT_VERSION, FUSED_METADATA, LOGITS_START, TOP_IDS, TOP_K,
+                               TOP_LOGITS)
 
 OPSET = 17  # LayerNormalization is opset 17
 MS_DOMAIN = "com.microsoft"
@@ -108,8 +113,7 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
         qkv = graph.linear(normed, weight, p + "attn.c_attn")  # (B, S, 3 * width): all queries, keys, values
         attended = graph.node(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
-             "total_sequence_length"],
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", *graph.lengths],
             outputs=[graph.fresh(), f"present.{i}.key", f"present.{i}.value"],
             domain=MS_DOMAIN, num_heads=heads, kv_num_heads=heads)[0]
         hidden = graph.node("Add", [hidden, graph.linear(attended, weight, p + "attn.c_proj")])
@@ -181,8 +185,8 @@ def fused_llama(weights: dict[str, np.ndarray], config: dict[str, Any], source: 
         qkv = graph.node("MatMul", [normed, graph.const(p + "self_attn.qkv_proj.weight", qkv_weight)])
         attended = graph.node(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
-             "total_sequence_length", cos, sin],
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", *graph.lengths,
+             cos, sin],
             outputs=[graph.fresh(), f"present.{i}.key", f"present.{i}.value"],
             domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0)[0]
         projected = graph.node("MatMul", [attended, graph.const(p + "self_attn.o_proj.weight",
@@ -216,6 +220,7 @@ class _Graph:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._count = 0
+        self.lengths: list[str] = []  # GroupQueryAttention's seqlens_k and total_sequence_length (cache_inputs)
 
     def fresh(self) -> str:
         self._count += 1
@@ -242,13 +247,25 @@ class _Graph:
                          axis=-1, epsilon=epsilon)
 
     def cache_inputs(self, layers: int, kv_heads: int, head_dim: int) -> None:
-        """The KV cache inputs and GroupQueryAttention's sequence lengths."""
+        """The attention mask and KV cache inputs; `lengths` are GroupQueryAttention's sequence lengths, from the mask:
+        seqlens_k (B,) int32 = a row's tokens so far (this step's too) - 1, total_sequence_length int32 = the mask's
+        length."""
+        self.input(ATTENTION_MASK, TensorProto.INT64, ["batch_size", "total_sequence_length"])
         cache = ["batch_size", kv_heads, "past_sequence_length", head_dim]
         for i in range(layers):
             self.input(f"past_key_values.{i}.key", TensorProto.FLOAT, cache)
             self.input(f"past_key_values.{i}.value", TensorProto.FLOAT, cache)
-        self.input("seqlens_k", TensorProto.INT32, ["batch_size"])  # a row's tokens so far (this step's too) - 1
-        self.input("total_sequence_length", TensorProto.INT32, [])  # tokens so far, this step's included
+        one = self.const("lengths.one", np.array(1, dtype=np.int64))
+        counted = self.node("ReduceSum", [ATTENTION_MASK, self.const("lengths.axis", np.array([1], dtype=np.int64))],
+                            keepdims=0)
+        seqlens = self.node("Cast", [self.node("Sub", [counted, one])], to=TensorProto.INT32)
+        total = self.node("Gather", [self.node("Shape", [ATTENTION_MASK]), one], axis=0)
+        self.lengths = [seqlens, self.node("Cast", [total], to=TensorProto.INT32)]
+
+    def optional_input(self, name: str, default: np.ndarray) -> str:
+        """An input with a default value (an initializer of the same name): callers may leave it out."""
+        self.input(name, helper.np_dtype_to_tensor_dtype(default.dtype), list(default.shape))
+        return self.const(name, default)
 
     def logits_and_cache_outputs(self, final: str, head: np.ndarray, layers: int, kv_heads: int,
                                  head_dim: int) -> None:
@@ -256,20 +273,20 @@ class _Graph:
         and the graph's outputs. The runtime asks for the last position only, which saves the output layer's work
         and memory for every other position of a prompt (200 tokens of GPT-2: 40 MB). Then each position's top_k
         largest logits and their ids (TopK: sorted, the lower id first among equal logits)."""
-        self.input("logits_start", TensorProto.INT64, [1])
+        self.optional_input(LOGITS_START, np.zeros(1, dtype=np.int64))
         end = self.const("logits_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
         axis = self.const("logits_axis", np.array([1], dtype=np.int64))
-        final = self.node("Slice", [final, "logits_start", end, axis])
+        final = self.node("Slice", [final, LOGITS_START, end, axis])
         self.node("MatMul", [final, self.const("lm_head.weight", np.ascontiguousarray(head.T))], outputs=["logits"])
         self.output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", head.shape[0]])
         present = ["batch_size", kv_heads, "total_sequence_length", head_dim]
         for i in range(layers):
             self.output(f"present.{i}.key", TensorProto.FLOAT, present)
             self.output(f"present.{i}.value", TensorProto.FLOAT, present)
-        self.input("top_k", TensorProto.INT64, [1])
-        self.node("TopK", ["logits", "top_k"], outputs=["top_logits", "top_ids"], axis=-1, largest=1, sorted=1)
-        self.output("top_logits", TensorProto.FLOAT, ["batch_size", "sequence_length", "top_k"])
-        self.output("top_ids", TensorProto.INT64, ["batch_size", "sequence_length", "top_k"])
+        self.optional_input(TOP_K, np.zeros(1, dtype=np.int64))
+        self.node("TopK", ["logits", TOP_K], outputs=[TOP_LOGITS, TOP_IDS], axis=-1, largest=1, sorted=1)
+        self.output(TOP_LOGITS, TensorProto.FLOAT, ["batch_size", "sequence_length", "top_k"])
+        self.output(TOP_IDS, TensorProto.INT64, ["batch_size", "sequence_length", "top_k"])
 
     def rms_norm(self, x: str, scale: np.ndarray, name: str, epsilon: float) -> str:
         return self.node("SimplifiedLayerNormalization", [x, self.const(name + ".weight", scale)], axis=-1,
@@ -281,6 +298,7 @@ class _Graph:
             opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
             producer_name="tweetgen")
         model.ir_version = 8
+        helper.set_model_props(model, {FUSED_METADATA: str(CONTRACT_VERSION)})
         return model
 
     def linear(self, x: str, weight, prefix: str) -> str:

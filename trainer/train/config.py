@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import TweetgenError
+from tweetgen.errors import TweetgenError
 
 REPORT_TARGETS = ("wandb", "tensorboard")  # what report_to may name besides "none"
 

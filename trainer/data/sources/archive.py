@@ -17,9 +17,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import ArchiveError, DataError
-from trainer.records import Tweet, check_user_name, looks_like_retweet, to_iso, user_from_stem
-from trainer.sources.jsfile import parse_js
+from tweetgen.trainer.errors import ArchiveError, DataError
+from tweetgen.trainer.data.records import Tweet, check_user_name, looks_like_retweet, to_iso, user_from_stem
+from tweetgen.trainer.data.sources.jsfile import parse_js
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainer import cache
-from trainer.errors import DataError
+from tweetgen.trainer.data import cache
+from tweetgen.trainer.errors import DataError
 
 if TYPE_CHECKING:
     import datasets

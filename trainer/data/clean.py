@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer import cache
-from trainer.errors import DataError
-from trainer.records import Tweet, looks_like_retweet
+from tweetgen.trainer.data import cache
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.data.records import Tweet, looks_like_retweet
 
 _URL = re.compile(r"(?:https?://|www\.|pic\.twitter\.com/)\S*", re.IGNORECASE)
 _MENTION = re.compile(r"(?<![\w@])@\w{1,15}\b:?")

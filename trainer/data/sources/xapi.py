@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from trainer.errors import XApiError
-from trainer.records import Tweet, looks_like_retweet, to_iso
+from tweetgen.trainer.errors import XApiError
+from tweetgen.trainer.data.records import Tweet, looks_like_retweet, to_iso
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import TweetgenError
+from tweetgen.errors import TweetgenError
 
 SEPARATOR = "<|endoftext|>"
 DEFAULTS = {"layers": 6, "width": 384, "heads": 6, "vocab": 16000, "context": 128, "seed": 0, "tokenizer": ""}

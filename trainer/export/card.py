@@ -149,7 +149,7 @@ tweetgen-run -m exported/{name}{user_flag} "My dream is"
 ```
 
 ```python
-from runtime import Generator
+from tweetgen import Generator
 
 gen = Generator.load("exported/{name}")  # int8 on CPU, fp16 on CUDA
 print(gen.generate("My dream is", n=3, seed=0{user_arg}))
