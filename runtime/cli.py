@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TweetgenError, ValueError, TypeError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # onnxruntime's own errors while running the graph
+        print(f"Error: onnxruntime could not run the model: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -94,8 +94,11 @@ class Generator:
         except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
             raise ModelFolderError(f"cannot read {folder.path / 'tokenizer.json'}: {exc}") from None
         eos = folder.eos_token_ids or _eos_from_tokenizer(tokenizer)
-        engine = Engine(session, read_graph_spec(session, folder.config), context_length=folder.context_length,
-                        eos_token_ids=eos, device=device)
+        try:
+            spec = read_graph_spec(session, folder.config)
+        except ModelFolderError as exc:
+            raise ModelFolderError(f"{model_path}: {exc}") from None
+        engine = Engine(session, spec, context_length=folder.context_length, eos_token_ids=eos, device=device)
         log.info("loaded %s on %s", model_path, device)
         return cls(folder, engine, tokenizer, model_path, _read_copy_index(folder.path))
 

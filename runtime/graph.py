@@ -76,6 +76,11 @@ def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
     layers = config.get("n_layer", config.get("num_hidden_layers"))
     if past and layers is not None and len(past) != 2 * layers:
         problems.append(f"it has {len(past) // 2} layers of KV cache but config.json says {layers}")
+    fed = {"input_ids", ATTENTION_MASK, "position_ids", *(p[2] for p in past)}
+    unknown = [i.name for i in session.get_inputs() if i.name not in fed]
+    if unknown:
+        problems.append(f"it needs inputs this runtime does not feed: {', '.join(unknown)} (an export from another "
+                        "tweetgen version, or not a text-generation-with-past graph)")
     if problems:
         raise ModelFolderError(f"the ONNX graph is not a decoder this runtime can run: {'; '.join(problems)}. "
                                f"Inputs: {', '.join(inputs)}")

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,19 +87,46 @@ def test_no_model_and_no_default_says_how_to_get_one(tmp_path):
     assert result.returncode == 1 and "no default model" in err and "tweetgen-train" in err
 
 
+def test_the_default_model_writes_the_same_tweets_for_a_seed():
+    """The committed default model, as a newcomer runs it: no --model, no $TWEETGEN_MODEL."""
+    env = {k: v for k, v in os.environ.items() if k != "TWEETGEN_MODEL"}
+    command = [sys.executable, "-m", "tweetgen", "-n", "3", "--seed", "0", "My dream is"]
+    first, again = (subprocess.run(command, capture_output=True, env=env, timeout=120) for _ in range(2))
+    assert first.returncode == 0, first.stderr.decode()
+    tweets = first.stdout.decode().strip().split("\n\n")
+    assert len(tweets) == 3 and all(t.startswith("My dream is ") and len(t) > len("My dream is ") for t in tweets)
+    assert again.stdout == first.stdout
+
+
 def test_usage_errors_exit_2():
     assert cli("--no-such-flag").returncode == 2
     assert cli("-n", "many", "x").returncode == 2
+
+
+def _wait_until_reading_stdin(pid: int, timeout: float = 60) -> None:
+    """Return once the process is blocked in read(0, ...) (Linux: /proc/PID/syscall), not after a guessed delay."""
+    syscall = Path(f"/proc/{pid}/syscall")
+    if not syscall.exists():
+        pytest.skip("needs /proc/PID/syscall (Linux) to see the CLI wait for its prompt")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = syscall.read_text().split()
+        if fields[:2] == ["0", "0x0"]:  # x86-64 read() on fd 0
+            return
+        time.sleep(0.01)
+    pytest.fail(f"the CLI did not start reading its prompt within {timeout} s")
 
 
 def test_ctrl_c_exits_130():
     # The CLI waits for a prompt on a pipe that stays open; the interrupt comes the way a terminal sends it.
     # A job started in the background by a shell without job control inherits SIGINT ignored, and Python then
     # installs no handler: the child gets the default disposition back, as a terminal's foreground job has it.
+    if os.uname().machine != "x86_64":
+        pytest.skip("reads the x86-64 syscall number of read()")
     process = subprocess.Popen([sys.executable, "-m", "tweetgen", "-m", str(TINY_GPT2)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(2)
+    _wait_until_reading_stdin(process.pid)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and b"Traceback" not in err
