@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from .graph import GraphSpec, last_logits_only, read_graph_spec, step_feeds
+from .graph import GraphSpec, empty_past, read_graph_spec, run_plain, step_feeds
 from .runners import DeviceRunner, InPlaceRunner, Runner, Scores, SessionRunner, rows_of
 from .sampling import SamplingParams, draw, penalize_repeats, sample
 
@@ -50,7 +50,6 @@ class Engine:
         self.shared_cache = (spec.fused and not self.io_binding) if shared_cache is None else shared_cache
         if self.shared_cache and not spec.fused:
             raise ValueError("shared_cache needs a tweetgen fused graph (see tweetgen.contract)")
-        self._outputs = ["logits", *spec.present_names]
 
     def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise ValueError when the prompt plus the new tokens do not fit the model's context."""
@@ -82,10 +81,10 @@ class Engine:
 
     def _runner(self, top: int) -> Runner:
         if self.io_binding:
-            return DeviceRunner(self, top)
+            return DeviceRunner(self.session, self.spec, top, self.device)
         if self.shared_cache:
-            return InPlaceRunner(self, top)
-        return SessionRunner(self)
+            return InPlaceRunner(self.session, self.spec, top)
+        return SessionRunner(self.session, self.spec)
 
     def _decode(self, prompt: np.ndarray, n: int, max_new_tokens: int, params: SamplingParams,
                 rng: np.random.Generator, done: np.ndarray) -> Iterator[Step]:
@@ -146,31 +145,14 @@ class Engine:
             return 1
         return params.top_k if 0 < params.top_k < vocab else 0
 
-    def empty_past(self, batch: int, capacity: int = 0) -> list[np.ndarray]:
-        """The cache before the prompt: empty, or zeroed buffers of `capacity` positions each (in-place runs)."""
-        shape = (batch, self.spec.kv_heads, capacity, self.spec.head_dim)
-        if capacity:
-            return [np.zeros(shape, dtype=self.spec.cache_dtype) for _ in self.spec.past_names]
-        return [np.zeros(shape, dtype=self.spec.cache_dtype)] * len(self.spec.past_names)
-
-    def feeds(self, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
-        """Every input but the cache for a run of `ids` (B, S), asking for the last position's logits only."""
-        return last_logits_only(self.spec, step_feeds(self.spec, ids, past_length), ids.shape[1])
-
-    def run_plain(self, ids: np.ndarray, past: list, past_length: int) -> tuple[np.ndarray, list]:
-        """One run with numpy feeds: the last position's logits (B, V) and the new cache."""
-        feeds = self.feeds(ids, past_length)
-        feeds.update(zip(self.spec.past_names, past))
-        logits, *present = self.session.run(self._outputs, feeds)  # logits: (B, S, V)
-        return logits[:, -1, :].astype(np.float32, copy=False), present
-
     def greedy_without_cache(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         """Greedy decoding that reruns the whole sequence every step (slow; a reference for tests)."""
         ids = [int(t) for t in prompt_ids]
         self.check_length(len(ids), max_new_tokens)
         out: list[int] = []
         for _ in range(max_new_tokens):
-            logits, _ = self.run_plain(np.asarray([ids], dtype=np.int64), self.empty_past(1), 0)
+            logits, _ = run_plain(self.session, self.spec, np.asarray([ids], dtype=np.int64),
+                                  empty_past(self.spec, 1), 0)
             token = int(np.argmax(logits[0]))
             out.append(token)
             if token in self.eos_token_ids:

@@ -100,3 +100,25 @@ def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
         has_logits_start=LOGITS_START in inputs,
         has_top_k=TOP_K in inputs and TOP_LOGITS in outputs and TOP_IDS in outputs,
         vocab_size=vocab if isinstance(vocab := logits_shape[-1], int) else None)
+
+
+def feeds_for(spec: GraphSpec, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
+    """Every input but the cache for a run of `ids` (B, S), asking for the last position's logits only."""
+    return last_logits_only(spec, step_feeds(spec, ids, past_length), ids.shape[1])
+
+
+def empty_past(spec: GraphSpec, batch: int, capacity: int = 0) -> list[np.ndarray]:
+    """The cache before the prompt: empty, or zeroed buffers of `capacity` positions each (in-place runs)."""
+    shape = (batch, spec.kv_heads, capacity, spec.head_dim)
+    if capacity:
+        return [np.zeros(shape, dtype=spec.cache_dtype) for _ in spec.past_names]
+    return [np.zeros(shape, dtype=spec.cache_dtype)] * len(spec.past_names)
+
+
+def run_plain(session: ort.InferenceSession, spec: GraphSpec, ids: np.ndarray, past: list, past_length: int
+              ) -> tuple[np.ndarray, list]:
+    """One run with numpy feeds: the last position's logits (B, V) and the new cache."""
+    feeds = feeds_for(spec, ids, past_length)
+    feeds.update(zip(spec.past_names, past))
+    logits, *present = session.run(["logits", *spec.present_names], feeds)  # logits: (B, S, V)
+    return logits[:, -1, :].astype(np.float32, copy=False), present

@@ -3,14 +3,13 @@ in place on the CPU (fused graphs), and IO-bound on a device (CUDA). The engine'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
+import onnxruntime as ort
 
 from .contract import ATTENTION_MASK, LOGITS_START, TOP_IDS, TOP_K, TOP_LOGITS
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .graph import GraphSpec, empty_past, feeds_for, run_plain
 
 Scores = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]  # a step's last logits (B, V), or (values, ids) (B, top)
 
@@ -65,19 +64,19 @@ class Runner:
 class SessionRunner(Runner):
     """Plain numpy feeds and outputs (any Optimum graph): the cache is the last run's present, copied per row."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec) -> None:
+        self.session, self.spec = session, spec
         self.past: list[np.ndarray] = []
 
     def prefill(self, prompt: np.ndarray, n: int, capacity: int) -> Scores:
-        logits, self.past = self.engine.run_plain(prompt[None, :], self.engine.empty_past(1), 0)  # (1, V)
+        logits, self.past = run_plain(self.session, self.spec, prompt[None, :], empty_past(self.spec, 1), 0)
         if n > 1:  # (n, kv, T, hd): the prompt was run once
             logits = np.repeat(logits, n, axis=0)
             self.past = [np.repeat(p, n, axis=0) for p in self.past]
         return logits
 
     def step(self, tokens: np.ndarray, past_length: int) -> Scores:
-        logits, self.past = self.engine.run_plain(tokens[:, None], self.past, past_length)
+        logits, self.past = run_plain(self.session, self.spec, tokens[:, None], self.past, past_length)
         return logits
 
     def keep(self, mask: np.ndarray, past_length: int) -> None:
@@ -91,10 +90,10 @@ class InPlaceRunner(Runner):
     into the bound arrays and binds the attention mask (a view of one buffer of ones). With `top` > 0 a step gives
     each row's `top` largest logits and their ids (the graph's TopK) instead of the logits."""
 
-    def __init__(self, engine: Engine, top: int) -> None:
-        self.engine = engine
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, top: int) -> None:
+        self.session, self.spec = session, spec
         self.top = top
-        self.binding = engine.session.io_binding()
+        self.binding = session.io_binding()
         self.past: list[np.ndarray] = []
         self.feeds: dict[str, np.ndarray] = {}  # bound by pointer: alive and in place while bound
         self.shape: tuple[int, int] | None = None  # the (B, S) the feeds are bound for
@@ -105,7 +104,7 @@ class InPlaceRunner(Runner):
         # The n rows' buffers, for every position ever cached; the prompt runs once, into row 0's (a contiguous
         # view), and only its positions are copied to the other rows.
         self.ones = np.ones(n * (capacity + 1), dtype=np.int64)
-        buffers = self.engine.empty_past(n, capacity)
+        buffers = empty_past(self.spec, n, capacity)
         self._bind_cache([b[:1] for b in buffers])
         scores = self._run(prompt[None, :], 0)  # (1, V), or (1, top) values and ids
         self._bind_cache(buffers)
@@ -122,7 +121,7 @@ class InPlaceRunner(Runner):
         self._bind_cache(leave(self.past, mask, past_length))
 
     def _bind_cache(self, past: list[np.ndarray]) -> None:
-        spec, binding = self.engine.spec, self.binding
+        spec, binding = self.spec, self.binding
         for past_name, present_name, buffer in zip(spec.past_names, spec.present_names, past):
             binding.bind_input(past_name, "cpu", 0, buffer.dtype.type, list(buffer.shape), buffer.ctypes.data)
             binding.bind_output(present_name, "cpu", 0, buffer.dtype.type, list(buffer.shape), buffer.ctypes.data)
@@ -133,10 +132,10 @@ class InPlaceRunner(Runner):
             self._update(ids, past_length)
         else:
             self._bind(ids, past_length)
-        if self.engine.spec.has_attention_mask:
+        if self.spec.has_attention_mask:
             batch, length = ids.shape[0], past_length + ids.shape[1]
             bind_array(self.binding, ATTENTION_MASK, self.ones[:batch * length].reshape(batch, length))
-        self.engine.session.run_with_iobinding(self.binding)
+        self.session.run_with_iobinding(self.binding)
         if isinstance(self.out, tuple):
             values, best = self.out
             return values[:, -1, :], best[:, -1, :]
@@ -144,8 +143,8 @@ class InPlaceRunner(Runner):
         return logits[:, -1, :].astype(np.float32, copy=False)
 
     def _bind(self, ids: np.ndarray, past_length: int) -> None:
-        spec, binding = self.engine.spec, self.binding
-        self.feeds = self.engine.feeds(ids, past_length)
+        spec, binding = self.spec, self.binding
+        self.feeds = feeds_for(spec, ids, past_length)
         self.feeds.pop(ATTENTION_MASK, None)  # bound at every run
         if self.top:
             self.feeds[TOP_K][...] = self.top
@@ -184,38 +183,38 @@ class DeviceRunner(Runner):
 
     drops_rows = False
 
-    def __init__(self, engine: Engine, top: int) -> None:
-        self.engine = engine
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, top: int, device: str) -> None:
+        self.session, self.spec = session, spec
         self.top = top
+        self.device = device
         self.past: list = []
 
     def prefill(self, prompt: np.ndarray, n: int, capacity: int) -> Scores:
-        return self._run(np.repeat(prompt[None, :], n, axis=0), self.engine.empty_past(n), 0)
+        return self._run(np.repeat(prompt[None, :], n, axis=0), empty_past(self.spec, n), 0)
 
     def step(self, tokens: np.ndarray, past_length: int) -> Scores:
         return self._run(tokens[:, None], self.past, past_length)
 
     def _run(self, ids: np.ndarray, past: list, past_length: int) -> Scores:
-        engine = self.engine
-        binding = engine.session.io_binding()
-        feeds = engine.feeds(ids, past_length)
+        binding = self.session.io_binding()
+        feeds = feeds_for(self.spec, ids, past_length)
         if self.top:
             feeds[TOP_K] = np.array([self.top], dtype=np.int64)
         for name, value in feeds.items():  # alive until the run below
             bind_array(binding, name, value)
-        for name, value in zip(engine.spec.past_names, past):
+        for name, value in zip(self.spec.past_names, past):
             if isinstance(value, np.ndarray):
                 bind_array(binding, name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
         if not self.top:  # with top, the logits stay in the graph
             binding.bind_output("logits", "cpu")
-        for name in engine.spec.present_names:
-            binding.bind_output(name, engine.device)
+        for name in self.spec.present_names:
+            binding.bind_output(name, self.device)
         if self.top:
             binding.bind_output(TOP_LOGITS, "cpu")
             binding.bind_output(TOP_IDS, "cpu")
-        engine.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         if self.top:
             values, best = outputs[-2:]

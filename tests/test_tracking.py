@@ -150,7 +150,7 @@ def test_tracking_off_imports_no_wandb():
         "from tweetgen.trainer.cli import _start_tracker, build_parser\n"
         "args = build_parser().parse_args(['run', '--file', 'x.csv', '--name', 'tinybot'])\n"
         "with _start_tracker(args) as tracker:\n"
-        "    tracker.log_raw('.', ['alice']); tracker.log_dataset('.'); tracker.log_model('.'); tracker.log_eval({})\n"
+        "    tracker.log_raw({}); tracker.log_dataset({}, {}); tracker.log_model('.'); tracker.log_eval({})\n"
         "print('ACTIVE', tracker.active, 'WANDB', sorted(m for m in sys.modules if m.split('.')[0] == 'wandb'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,

@@ -287,7 +287,7 @@ def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
 def run_eval(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     """Evaluate the model folder (--model, or the one the pipeline just exported); eval.json and the card."""
     from tweetgen.trainer.eval.card import eval_table
-    from tweetgen.trainer.eval.evaluate import evaluate_folder
+    from tweetgen.trainer.pipeline import eval_stage
 
     if args.stage == "eval":
         folder, name, samples, seed = args.model, args.name, args.samples, args.seed
@@ -297,7 +297,7 @@ def run_eval(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     if samples < 1 or seed < 0:
         raise TweetgenError(f"eval: --samples must be 1 or more and --seed 0 or more, not {samples} and {seed}")
     with console.status(f"Evaluating {folder}: {samples} tweets, perplexity, voice, memorization..."):
-        report = evaluate_folder(folder, args.workdir, name=name, samples=samples, seed=seed).to_json()
+        report = eval_stage(folder, args.workdir, name=name, samples=samples, seed=seed).to_json()
     tracker.log_eval(report)
     console.print(eval_table(report))
     console.print(f"targets: {report['targets']}; written to {Path(folder) / 'eval.json'} and its README.md")

@@ -21,13 +21,11 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tweetgen.errors import TweetgenError
 
-from tweetgen.trainer.data.cache import raw_path
 from tweetgen.trainer.train.config import report_targets
 
 log = logging.getLogger(__name__)
@@ -77,21 +75,18 @@ class Tracker:
     def active(self) -> bool:
         return self._run is not None
 
-    def log_raw(self, workdir: Path, users: Iterable[str]) -> None:
-        """The users' cached raw tweets (`raw/<user>.jsonl`), as the "<name>-raw-tweets" dataset artifact."""
+    def log_raw(self, files: dict[str, Path]) -> None:
+        """The users' cached raw tweets (name in the artifact -> file), as the "<name>-raw-tweets" dataset artifact."""
         if not self.active:
             return
-        files = {path.name: path for path in (raw_path(Path(workdir), u) for u in users) if path.is_file()}
+        files = {name: path for name, path in files.items() if path.is_file()}
         self._log("raw-tweets", "dataset", files, metadata={"users": sorted(p.stem for p in files.values())})
 
-    def log_dataset(self, workdir: Path, dataset: Any = None) -> None:
-        """The cleaned tweets and stats.json, plus each split of `dataset` (a DatasetDict) as `<split>.jsonl`."""
+    def log_dataset(self, files: dict[str, Path], stats: dict[str, Any], dataset: Any = None) -> None:
+        """The cleaned tweets and stats.json (`files`, name in the artifact -> file), plus each split of `dataset` (a
+        DatasetDict) as `<split>.jsonl`."""
         if not self.active:
             return
-        workdir = Path(workdir)
-        stats = json.loads((workdir / "stats.json").read_text(encoding="utf-8"))["users"]
-        files = {"stats.json": workdir / "stats.json"}
-        files.update({f"clean/{u}.jsonl": workdir / "clean" / f"{u}.jsonl" for u in stats})
         splits = dict(dataset or {})
         new_files = {f"{name}.jsonl": _jsonl(split["user"], split["text"]) for name, split in splits.items()}
         metadata = {"users": stats, **{f"{name}_tweets": len(split) for name, split in splits.items()}}

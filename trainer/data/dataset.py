@@ -101,15 +101,44 @@ def balance(train: dict[str, list[str]], mode: str, rng: np.random.Generator, ma
     return out
 
 
-def build_dataset(texts: dict[str, list[str]], options: DatasetOptions = DatasetOptions()
-                  ) -> datasets.DatasetDict:
-    """The "train" and "validation" splits: one row per tweet, columns "text" (prefix + tweet) and "user".
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The cleaned tweets split and balanced for one training config, untagged: rows are (user, text) pairs in the
+    order the dataset shows them (train shuffled; validation by user)."""
+
+    train_rows: list[tuple[str, str]]
+    validation_rows: list[tuple[str, str]]
+    tag_users: bool  # the dataset's text starts with user_prefix(user)
+
+    def train_texts(self) -> dict[str, list[str]]:
+        """user -> their training tweets, each once (balancing repeats some), untagged."""
+        return _by_user(self.train_rows, unique=True)
+
+    def validation_texts(self) -> dict[str, list[str]]:
+        """user -> their held-out tweets, untagged."""
+        return _by_user(self.validation_rows, unique=False)
+
+    def tagged(self, rows: list[tuple[str, str]]) -> list[str]:
+        """The texts of `rows` as the model sees them (with the user's prefix when tweets are tagged)."""
+        return [user_prefix(u) + t for u, t in rows] if self.tag_users else [t for _, t in rows]
+
+    def dataset(self) -> datasets.DatasetDict:
+        """The "train" and "validation" splits: one row per tweet, columns "text" (prefix + tweet) and "user"."""
+        import datasets  # heavy: only the trainer's dataset step needs it
+
+        features = datasets.Features({"text": datasets.Value("string"), "user": datasets.Value("string")})
+        return datasets.DatasetDict({
+            split: datasets.Dataset.from_dict({"text": self.tagged(rows), "user": [u for u, _ in rows]},
+                                              features=features)
+            for split, rows in (("train", self.train_rows), ("validation", self.validation_rows))})
+
+
+def split_tweets(texts: dict[str, list[str]], options: DatasetOptions = DatasetOptions()) -> Split:
+    """Split each user's tweets, balance the train split, shuffle it (see the module docstring).
 
     Raises:
         DataError: no tweets at all.
     """
-    import datasets  # heavy: only the trainer's dataset step needs it
-
     if not any(texts.values()):
         raise DataError("no tweets to build a dataset from; run `tweetgen-train clean` and check its counts")
     rng = np.random.default_rng(options.seed)
@@ -117,16 +146,20 @@ def build_dataset(texts: dict[str, list[str]], options: DatasetOptions = Dataset
     for user, user_texts in texts.items():
         train[user], validation[user] = split_user(user_texts, options.validation_fraction, rng)
     train = balance(train, options.balance, rng, options.max_repeat)
+    train_rows = [(u, t) for u, ts in train.items() for t in ts]
+    train_rows = [train_rows[i] for i in rng.permutation(len(train_rows))]
+    return Split(train_rows=train_rows, validation_rows=[(u, t) for u, ts in validation.items() for t in ts],
+                 tag_users=options.tag_users)
 
-    def rows(split: dict[str, list[str]], shuffle: bool) -> dict[str, list[str]]:
-        pairs = [(u, t) for u, ts in split.items() for t in ts]
-        if shuffle:
-            pairs = [pairs[i] for i in rng.permutation(len(pairs))]
-        prefix = user_prefix if options.tag_users else (lambda name: "")
-        return {"text": [prefix(u) + t for u, t in pairs], "user": [u for u, _ in pairs]}
 
-    features = datasets.Features({"text": datasets.Value("string"), "user": datasets.Value("string")})
-    return datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict(rows(train, shuffle=True), features=features),
-        "validation": datasets.Dataset.from_dict(rows(validation, shuffle=False), features=features),
-    })
+def build_dataset(texts: dict[str, list[str]], options: DatasetOptions = DatasetOptions()
+                  ) -> datasets.DatasetDict:
+    """The training set of `split_tweets(texts, options)`."""
+    return split_tweets(texts, options).dataset()
+
+
+def _by_user(rows: list[tuple[str, str]], *, unique: bool) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for user, text in rows:
+        out.setdefault(user, []).append(text)
+    return {u: list(dict.fromkeys(ts)) for u, ts in out.items()} if unique else out
