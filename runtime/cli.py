@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
 from .errors import NoDefaultModelError, TweetgenError
+from .version import version
 from .folder import PRECISIONS
 from .generator import DEVICES, Generator
 
 DEFAULT_MODEL_NAME = "tweety"  # exported/<this> is used when neither --model nor $TWEETGEN_MODEL says otherwise
-EXPORTED_DIR = Path(__file__).resolve().parent.parent / "exported"
+
+
+def _exported_dir() -> Path:
+    """Where the default model lives: the package data `tweetgen.exported` (the repo's exported/ in an editable
+    install or a checkout)."""
+    spec = importlib.util.find_spec("tweetgen.exported")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "exported"
+
+
+EXPORTED_DIR = _exported_dir()
 
 EXAMPLES = """\
 examples:
@@ -29,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tweetgen-run", description="Write tweets in someone's voice with an exported tweetgen model.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("prompt", nargs="?", help="start of the tweet (read from stdin when piped; default empty)")
     parser.add_argument("-m", "--model", help="exported model folder (default: $TWEETGEN_MODEL, else the default "
                                               f"model exported/{DEFAULT_MODEL_NAME})")
@@ -70,7 +84,7 @@ def resolve_model(model: str | None) -> str:
     if not default.is_dir():
         raise NoDefaultModelError(
             f"no model given and no default model at {default}. Pass -m/--model with an exported model folder, "
-            "set TWEETGEN_MODEL, or make one from tweets: pip install -e \".[train]\" && "
+            "set TWEETGEN_MODEL, or make one from tweets: pip install \"tweetgen[cpu,train]\" && "
             "tweetgen-train --file tweets.csv --name mine (then: tweetgen-run -m exported/mine)")
     return str(default)
 

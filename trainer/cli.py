@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tweetgen.errors import TweetgenError
+from tweetgen.version import version
 from tweetgen.trainer.data.clean import CleanOptions, UserStats, clean_all, save_stats, stats_json
 from tweetgen.trainer.data.dataset import save_clean
 from tweetgen.trainer.data.fetch import Source, fetch
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The tweetgen-train parser: one subcommand per stage, and `run` (the default) for all of them."""
     parser = argparse.ArgumentParser(prog="tweetgen-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     stages = parser.add_subparsers(dest="stage", metavar="STAGE")
     fetch_parser = stages.add_parser("fetch", help="fill the cache with each user's raw tweets, then stop")
     add_source_args(fetch_parser)
@@ -318,7 +320,7 @@ def _check_stage_args(args: argparse.Namespace) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run tweetgen-train; returns the exit status (0 ok, 1 bad input, 2 usage, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in STAGES and argv[0] not in ("-h", "--help"):
+    if argv and argv[0] not in STAGES and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")  # no stage named: the whole pipeline
     parser = build_parser()
     try:
