@@ -249,22 +249,77 @@ def card_table(card):
     return rows
 
 
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
 def test_the_card_has_the_stats_given_and_no_tweet_text(exported):
     out, _ = exported["gpt2"]
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlanguage: en\nlicense: mit\ntags: [tweetgen, text-generation, onnx]\n"
-                           "base_model: tiny-random\npipeline_tag: text-generation\n---\n")
+    meta = _front_matter(card)
+    assert meta["license"] == "mit" and meta["base_model"] == "tiny-random" and meta["language"] == "en"
+    assert meta["pipeline_tag"] == "text-generation" and meta["widget"] == [{"text": "My dream is"}]
+    assert "tweetgen" in meta["tags"] and "onnx" in meta["tags"] and "datasets" not in meta
     rows = card_table(card)
     assert rows["@alice"] == STATS["alice"] and rows["@bob"] == STATS["bob"]
     assert rows["**total**"] == {k: STATS["alice"][k] + STATS["bob"][k] for k in STATS["alice"]}
     assert "not written by @alice, @bob" in card and "96.25" in card
-    assert "tweetgen-run -m exported/tiny --user alice" in card
-    # the fused graph is tweetgen's: the card says Optimum cannot drive it; Optimum's graph gets its example
-    assert "ORTModelForCausalLM cannot" in card and "ORTModelForCausalLM.from_pretrained" not in card
-    assert "ORTModelForCausalLM.from_pretrained" in (exported["llama"][0] / "README.md").read_text()
+    assert f"tweetgen-run -m {out} --user alice" in card  # the folder where it is, not exported/NAME
+    assert f"ORTModelForCausalLM.from_pretrained({json.dumps(str(out))})" in card
     for text in (out / "README.md", out / "tweetgen.json"):
         content = text.read_text()
         assert "zebrafruit" not in content and "quixotrix" not in content
+
+
+def test_the_front_matter_names_only_a_hub_base_model_and_a_known_license(tmp_path):
+    from tweetgen.trainer.export.card import front_matter, hub_id
+
+    local = tmp_path / "my-secret-folder"
+    local.mkdir()
+    for base in (str(local), "scratch:layers=2,tokenizer=/home/me/tok", str(tmp_path / "model.Q4_1.gguf")):
+        assert hub_id(base) is None
+        card = render_card(name="m", users={}, base_model=base, training={"base_model": base}, evaluation={},
+                           export={}, license="other")
+        assert "base_model" not in _front_matter(card) and "my-secret-folder" not in card and "/home/me" not in card
+        assert _front_matter(card)["license_name"] == "unknown" and _front_matter(card)["license_link"] == "LICENSE"
+    assert hub_id("gpt2") == "gpt2" and hub_id("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    meta = front_matter("m", "gpt2", "mit", {"perplexity_after": 61.23456}).to_dict()
+    result = meta["eval_results"][0] if "eval_results" in meta else None
+    yaml_text = front_matter("m", "gpt2", "mit", {"perplexity_after": 61.23456}).to_yaml()
+    assert "model-index" in yaml_text and "value: 61.235" in yaml_text and "license_name" not in yaml_text
+    assert result is None or result
+
+
+def _snippets(card: str) -> list[tuple[str, str]]:
+    import re
+
+    return re.findall(r"```(bash|python)\n(.*?)```", card, flags=re.S)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_every_snippet_in_the_card_runs(exported, arch):
+    """The card must not promise what does not work: its CLI, tweetgen, Optimum and pipeline snippets, as written."""
+    import shlex
+    import subprocess
+    import sys
+
+    pytest.importorskip("optimum.onnxruntime")
+    out, _ = exported[arch]
+    snippets = _snippets((out / "README.md").read_text())
+    assert [kind for kind, _ in snippets] == ["bash", "python", "python"]
+    for kind, code in snippets:
+        if kind == "bash":
+            words = shlex.split(code.strip())
+            assert words[0] == "tweetgen-run"
+            command = [sys.executable, "-m", "tweetgen", *words[1:], "--seed", "0"]
+        else:
+            command = [sys.executable, "-c", code]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{code}\n{result.stderr[-2000:]}"
+        assert result.stdout.strip(), code
 
 
 def test_the_card_of_a_model_without_users():

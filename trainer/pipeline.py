@@ -5,7 +5,6 @@ this module calls the stages (data, train, export, eval), and the stages call th
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,13 +69,10 @@ def export_stage(workdir: Path, name: str, out: Path, *, int8: bool = True, fp16
     split = work.split(work.run_config(name))
     copy_texts = [t for ts in split.train_texts().values() for t in ts] if copy_index else None
     info.sampling.update(sampling or {})
-    report = export_model(work.run_dir(name) / "model", out, info=info,
-                          eval_texts=split.tagged(split.validation_rows)[:VALIDATION_CHECK_TEXTS],
-                          int8=int8, fp16=fp16, fp32=fp32, copy_texts=copy_texts)
-    curve = work.run_dir(name) / "loss.png"
-    if curve.is_file():  # the training loss curve, beside the model card
-        shutil.copy2(curve, Path(out) / "loss.png")
-    return report
+    return export_model(work.run_dir(name) / "model", out, info=info,
+                        eval_texts=split.tagged(split.validation_rows)[:VALIDATION_CHECK_TEXTS],
+                        int8=int8, fp16=fp16, fp32=fp32, copy_texts=copy_texts,
+                        loss_curve=work.run_dir(name) / "loss.png")
 
 
 def eval_stage(folder: str | Path, workdir: str | Path, *, name: str | None = None, samples: int = 500,

@@ -1,49 +1,94 @@
-"""The model card (README.md) of an exported folder, in Hugging Face's format, rendered from plain dicts.
+"""The model card (README.md) of an exported folder: Hugging Face's format, its front matter made by huggingface_hub's
+ModelCardData (so the Hub reads it), the body from plain dicts.
 
-It holds counts and settings only, never the text of a tweet: the card is meant to be published with the model.
+It holds counts and settings only, never the text of a tweet: the card is meant to be published with the model. Its
+usage snippets name the folder where the export put it, and a test runs every one of them.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 STAT_COLUMNS = ("downloaded", "retweets", "short", "duplicates", "kept")  # the per-user table, in this order
 OPTIONAL_STAT_COLUMNS = ("replies",)  # shown only when some user has them
-VARIANT_ROLES = {"model.onnx": "fp32, any device", "model_quantized.onnx": "int8, CPU (default there)",
-                 "model_fp16.onnx": "fp16, CUDA (default there)"}
+VARIANT_ROLES = {"model.onnx": "fp32, any device; what Optimum loads by default",
+                 "model_quantized.onnx": "int8, CPU (tweetgen's default there)",
+                 "model_fp16.onnx": "fp16, CUDA (tweetgen's default there)"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # a Hugging Face model id: name or owner/name
+UNKNOWN_LICENSE = "LICENSE"  # the file an export writes when the base model's license is not known
+WIDGET_PROMPT = "My dream is"
 
 
 def render_card(*, name: str, users: dict[str, dict[str, Any]], base_model: str, training: dict[str, Any],
                 evaluation: dict[str, Any], export: dict[str, Any], prompt_start: str = "",
-                license: str = "mit") -> str:
+                license: str = "mit", path: str | None = None, loss_curve: bool = False) -> str:
     """The README.md text of an exported model folder.
 
     Args:
-        name: the model's name (the folder's name under exported/).
+        name: the model's name.
         users: user name -> {"prefix": str, "stats": {downloaded, retweets, short, duplicates, kept}}.
-        base_model: the model fine-tuned (a Hugging Face id or a path).
+        base_model: what was fine-tuned, as given (a Hub id, a local folder, a .gguf file or `scratch:...`); only a
+            Hub id goes into the front matter, and no local path is written anywhere.
         training: hyperparameters, name -> value (empty for a model trained elsewhere).
         evaluation: e.g. {"perplexity_before": ..., "perplexity_after": ...}.
-        export: the export report as a dict (see trainer.export.ExportReport).
-        prompt_start: text the runtime puts before every prompt (shown in the Optimum example).
-        license: a Hugging Face license id; it should follow the base model's.
+        export: the export report as a dict (see tweetgen.trainer.export.report.ExportReport).
+        prompt_start: text the runtime puts before every prompt (shown in the Optimum examples).
+        license: a Hugging Face license id; "other" when the base model's is not known.
+        path: the folder as its user names it (the usage snippets load it from there); default exported/NAME.
+        loss_curve: the folder has loss.png, the training loss curve: the card shows it.
     """
+    path = path or f"exported/{name}"
     sections = [
-        _front_matter(base_model, license),
+        "---\n" + front_matter(name, base_model, license, evaluation).to_yaml() + "\n---",
         _intro(name, users, base_model),
         _data_section(users),
-        _training_section(base_model, training, evaluation),
+        _training_section(base_model, training, evaluation, loss_curve),
         _export_section(export),
-        _usage_section(name, users, prompt_start, fused=export.get("graph") == "fused"),
+        _usage_section(path, users, prompt_start, export),
         _limitations_section(users),
+        _license_section(license, base_model),
     ]
     return "\n\n".join(section.strip("\n") for section in sections) + "\n"
 
 
-def _front_matter(base_model: str, license: str) -> str:
-    return "\n".join(["---", "language: en", f"license: {license}", "tags: [tweetgen, text-generation, onnx]",
-                      f"base_model: {base_model}", "pipeline_tag: text-generation", "---"])
+def front_matter(name: str, base_model: str, license: str, evaluation: dict[str, Any]):
+    """The card's metadata as the Hub expects it (huggingface_hub.ModelCardData)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = [EvalResult(task_type="text-generation", dataset_type="tweets", dataset_name="held-out tweets",
+                          metric_type="perplexity", metric_name="Perplexity on held-out tweets",
+                          metric_value=round(float(evaluation["perplexity_after"]), 3))
+               ] if evaluation.get("perplexity_after") is not None else None
+    extra = {"license_name": "unknown", "license_link": UNKNOWN_LICENSE} if license == "other" else {}
+    return ModelCardData(
+        language="en", license=license, library_name="onnx", pipeline_tag="text-generation",
+        tags=["tweetgen", "onnx", "text-generation", "tweets"], base_model=hub_id(base_model),
+        widget=[{"text": WIDGET_PROMPT}], model_name=name if results else None, eval_results=results, **extra)
+
+
+def hub_id(base_model: str) -> str | None:
+    """`base_model` when it names a model on the Hub (not a local folder or file, not a new model), else None."""
+    if not base_model or base_model.startswith("scratch:") or base_model.endswith(".gguf"):
+        return None
+    if Path(base_model).expanduser().exists() or not HUB_ID.match(base_model):
+        return None
+    return base_model
+
+
+def describe_base(base_model: str) -> str:
+    """The base model in words, without any local path: its Hub id, or what kind of local file it was."""
+    if base_model.startswith("scratch:"):
+        return "a new GPT-2 (random weights, a byte-level BPE tokenizer trained on the same tweets)"
+    if hub_id(base_model):
+        return f"`{base_model}`"
+    if base_model.endswith(".gguf"):
+        return f"a local GGUF checkpoint (`{Path(base_model).name}`)"
+    if base_model:
+        return "a local Hugging Face model folder"
+    return "a causal language model"
 
 
 def _handles(users: dict[str, Any]) -> str:
@@ -52,9 +97,9 @@ def _handles(users: dict[str, Any]) -> str:
 
 def _intro(name: str, users: dict[str, Any], base_model: str) -> str:
     if not users:
-        return (f"# {name}\n\nA text generator exported to ONNX by tweetgen from `{base_model}`, a causal language "
-                "model trained outside tweetgen.\n\n**The text it generates is not written by any real person.** It "
-                "is made up by a language model and must not be presented as someone's words.")
+        return (f"# {name}\n\nA text generator exported to ONNX by tweetgen from {describe_base(base_model)}, a causal "
+                "language model trained outside tweetgen.\n\n**The text it generates is not written by any real "
+                "person.** It is made up by a language model and must not be presented as someone's words.")
     return (f"# {name}\n\n"
             f"A text generator that writes tweets in the style of {_handles(users)}: {_origin(base_model)} on "
             "their tweets with tweetgen and exported to ONNX.\n\n"
@@ -64,8 +109,8 @@ def _intro(name: str, users: dict[str, Any], base_model: str) -> str:
 
 def _origin(base_model: str) -> str:
     if base_model.startswith("scratch:"):
-        return "a new GPT-2 (random weights, a byte-level BPE tokenizer trained on the same tweets) trained from scratch"
-    return f"`{base_model}` fine-tuned"
+        return f"{describe_base(base_model)} trained from scratch"
+    return f"{describe_base(base_model)} fine-tuned"
 
 
 def _data_section(users: dict[str, dict[str, Any]]) -> str:
@@ -85,10 +130,11 @@ def _data_section(users: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _training_section(base_model: str, training: dict[str, Any], evaluation: dict[str, Any]) -> str:
-    lines = ["## Training procedure", "", f"Base model: `{base_model}`: {_origin(base_model)}, as a causal "
-             "language model on the kept tweets, each followed by `<|endoftext|>`." if training
-             else f"Model: `{base_model}`."]
+def _training_section(base_model: str, training: dict[str, Any], evaluation: dict[str, Any],
+                      loss_curve: bool) -> str:
+    training = {k: _base_setting(str(v)) if k == "base_model" else v for k, v in training.items()}
+    lines = ["## Training procedure", "", f"Base model: {_origin(base_model)}, as a causal language model on the kept "
+             "tweets, each followed by `<|endoftext|>`." if training else f"Model: {describe_base(base_model)}."]
     if training:
         lines += ["", "| hyperparameter | value |", "|---|---|"]
         lines += [f"| {_cell(key)} | {_cell(_value(value))} |" for key, value in training.items()]
@@ -97,6 +143,8 @@ def _training_section(base_model: str, training: dict[str, Any], evaluation: dic
     if evaluation:
         lines += ["", "Evaluation on held-out tweets:", "", "| metric | value |", "|---|---|"]
         lines += [f"| {_cell(key)} | {_cell(_value(value))} |" for key, value in evaluation.items()]
+    if loss_curve:
+        lines += ["", "![Training and validation loss](loss.png)"]
     return "\n".join(lines)
 
 
@@ -110,14 +158,10 @@ def _export_section(export: dict[str, Any]) -> str:
         lines.append(f"- Greedy decoding with the ONNX model (tweetgen's runtime) gives the same token ids as "
                      f"PyTorch on {parity['prompts']} prompts: {'yes' if parity['equal'] else 'NO'}.")
     if export.get("graph") == "fused":
-        lines.append("- Graph: rebuilt by tweetgen with onnxruntime's fused operators (GroupQueryAttention with "
-                     "the KV cache written in place), from the same weights; checked against PyTorch like the "
-                     "export.")
-    if export.get("screen"):
-        lines.append(f"- `model.onnx`'s output layer is screened (tweetgen's trainer/screen.py): for greedy decoding "
-                     f"and top-k sampling it computes exact logits for the {export['screen']['candidates']} tokens "
-                     "an 8-bit estimate with a proven error bound ranks first, or every logit when the bound cannot "
-                     "decide; the same tokens, checked against PyTorch again after the change.")
+        lines.append("- Graph: built by tweetgen straight from the weights with onnxruntime's fused operators "
+                     "(GroupQueryAttention; tweetgen's runtime writes the KV cache in place), behind Optimum's "
+                     "interface, so Optimum and `transformers.pipeline` load it too (one prompt at a time, or rows "
+                     "without left padding).")
     if export.get("copy_index_windows"):
         lines.append(f"- `copies.bin`: the top 32 bits of the hashes of the training tweets' "
                      f"{export['copy_index_windows']:,} distinct 8-word windows (no text). With it, tweetgen-run "
@@ -136,47 +180,44 @@ def _export_section(export: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _usage_section(name: str, users: dict[str, Any], prompt_start: str, *, fused: bool = False) -> str:
+def _usage_section(path: str, users: dict[str, Any], prompt_start: str, export: dict[str, Any]) -> str:
     user = next(iter(users), None)
     prefix = (users[user].get("prefix") or "") if user else ""
     user_flag, user_arg = (f" --user {user}", f", user={_py(user)}") if user else ("", "")
+    files = export.get("files") or {}
+    # Optimum opens model.onnx; a folder without it (int8 only) names its one graph
+    file_arg = "" if "model.onnx" in files or not files else f", file_name={_py(next(iter(files)))}"
+    prompt = prompt_start + prefix + WIDGET_PROMPT
     return f"""## How to use
 
-With tweetgen's runtime (numpy, onnxruntime and tokenizers; no torch):
+With tweetgen (`pip install "tweetgen[cpu]"`; numpy, onnxruntime and tokenizers, no torch):
 
 ```bash
-tweetgen-run -m exported/{name}{user_flag} "My dream is"
+tweetgen-run -m {_sh(path)}{user_flag} "My dream is"
 ```
 
 ```python
 from tweetgen import Generator
 
-gen = Generator.load("exported/{name}")  # int8 on CPU, fp16 on CUDA
+gen = Generator.load({_py(path)})  # int8 on CPU, fp16 on CUDA, when the folder has them
 print(gen.generate("My dream is", n=3, seed=0{user_arg}))
 ```
 
-{_optimum_usage(name, prompt_start + prefix) if not fused else _FUSED_USAGE}"""
-
-
-_FUSED_USAGE = """The ONNX graph is tweetgen's own graph (onnxruntime's fused operators, the KV cache written in
-place), which tweetgen's runtime drives; Optimum's ORTModelForCausalLM cannot (export with Optimum's graph for that:
-`trainer.export.export_model(..., fuse=False)`)."""
-
-
-def _optimum_usage(name: str, start: str) -> str:
-    prompt = start + "My dream is"
-    return f"""With Optimum (`pip install optimum-onnx[onnxruntime]`); the prompt starts with what tweetgen puts \
-before every prompt ({_py(start)}):
+With Optimum (`pip install "optimum-onnx[onnxruntime]"`), and `transformers.pipeline` on top of it. The prompt starts
+with what tweetgen puts before every prompt ({_py(prompt_start + prefix)}):
 
 ```python
 from optimum.onnxruntime import ORTModelForCausalLM
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, pipeline
 
-model = ORTModelForCausalLM.from_pretrained("exported/{name}")
-tokenizer = AutoTokenizer.from_pretrained("exported/{name}")
+model = ORTModelForCausalLM.from_pretrained({_py(path)}{file_arg})
+tokenizer = AutoTokenizer.from_pretrained({_py(path)})
 inputs = tokenizer({_py(prompt)}, return_tensors="pt")
-out = model.generate(**inputs, do_sample=True, top_p=0.95, max_new_tokens=64)
+out = model.generate(**inputs, do_sample=True, top_p=0.95, max_new_tokens=40)
 print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+
+writer = pipeline("text-generation", model=model, tokenizer=tokenizer)
+print(writer({_py(prompt)}, max_new_tokens=40, do_sample=True)[0]["generated_text"])
 ```"""
 
 
@@ -192,6 +233,20 @@ web text.
 - Generated text is not written by the person and must not be attributed to them or used to impersonate them."""
 
 
+def _base_setting(base_model: str) -> str:
+    """The base_model setting as the card shows it: a scratch spec without a tokenizer path, else in words."""
+    if base_model.startswith("scratch:"):
+        return re.sub(r"tokenizer=[^,]*", "tokenizer=(a local tokenizer)", base_model)
+    return describe_base(base_model)
+
+
+def _license_section(license: str, base_model: str) -> str:
+    if license != "other":
+        return f"## License\n\n`{license}`, following the base model's ({describe_base(base_model)})."
+    return ("## License\n\nThe base model's license was not found: the weights come from "
+            f"{describe_base(base_model)}, and its license applies. Check it before publishing (see `{UNKNOWN_LICENSE}`).")
+
+
 def _count(value: Any) -> str:
     return "" if value is None else str(int(value))
 
@@ -200,6 +255,11 @@ def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _sh(text: str) -> str:
+    """A shell word for the usage examples."""
+    return text if re.fullmatch(r"[\w./@:+-]+", text) else "'" + text.replace("'", "'\\''") + "'"
 
 
 def _py(text: str) -> str:

@@ -21,7 +21,7 @@ from tweetgen.copies import FILE as COPY_INDEX_FILE
 from tweetgen.copies import CopyIndex
 from tweetgen.errors import TweetgenError
 from tweetgen.trainer.export import swap
-from tweetgen.trainer.export.card import render_card
+from tweetgen.trainer.export.card import UNKNOWN_LICENSE, render_card
 from tweetgen.trainer.export.fuse import can_fuse, fused_graph, weights_of_folder
 from tweetgen.trainer.export.quantize import INT8_METHODS, PROTOBUF_LIMIT, convert_fp16, quantize_int8, save_onnx
 from tweetgen.trainer.export.report import ExportReport
@@ -31,7 +31,9 @@ __all__ = ["ExportError", "ExportInfo", "ExportReport", "check_causal_lm", "expo
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # architectures names export accepts
-KEEP_FILES = ("model.onnx", COPY_INDEX_FILE, "tokenizer.json", "config.json", "generation_config.json", "tweetgen.json", "README.md",
+LOSS_CURVE = "loss.png"
+KEEP_FILES = ("model.onnx", COPY_INDEX_FILE, "tokenizer.json", "config.json", "generation_config.json",
+              "tweetgen.json", "README.md", LOSS_CURVE, UNKNOWN_LICENSE,
               # not read by tweetgen, but AutoTokenizer needs them to rebuild the right tokenizer for Optimum users
               "tokenizer_config.json", "special_tokens_map.json")
 VARIANT_FILES = ("model.onnx", "model_quantized.onnx", "model_fp16.onnx")
@@ -93,13 +95,16 @@ def export_folder_info(model_dir: str | Path, name: str) -> ExportInfo:
         eos = AutoTokenizer.from_pretrained(model_dir, local_files_only=True).eos_token or ""
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot read the tokenizer of {model_dir}: {exc}") from None
-    return ExportInfo(name=name, prompt_start=eos, base_model=str(model_dir))
+    from tweetgen.trainer.train.base_model import base_license
+
+    return ExportInfo(name=name, prompt_start=eos, base_model=str(model_dir), license=base_license(str(model_dir)))
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo, eval_texts: list[str] | None = None,
                  int8: bool = True, fp16: bool = True, fp32: bool = True, fuse: bool = True,
                  copy_texts: list[str] | None = None, int8_method: str | None = None, max_new_tokens: int = 16,
-                 progress: Callable[[str], None] | None = None) -> ExportReport:
+                 loss_curve: str | Path | None = None, progress: Callable[[str], None] | None = None
+                 ) -> ExportReport:
     """Export a Hugging Face causal LM folder to a tweetgen model folder, check it, and move it into place.
 
     Args:
@@ -118,6 +123,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
             (tweetgen.trainer.export.fuse: Optimum's interface, which Optimum loads too); other architectures get
             Optimum's export. False takes Optimum's export for all.
         max_new_tokens: tokens decoded greedily per prompt in the parity check.
+        loss_curve: a picture of the training loss (loss.png) to put in the folder and show in the card.
         progress: called with a short description as each step starts.
 
     Returns:
@@ -151,6 +157,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         if not fp32:
             for path in tmp.glob("model.onnx*"):  # the graph and any external data beside it
                 path.unlink()
+        if loss_curve is not None and Path(loss_curve).is_file():
+            shutil.copy2(loss_curve, tmp / LOSS_CURVE)
         report = _finish(tmp, info, report, out_dir, time.perf_counter() - started)
         swap.swap_into_place(tmp, out_dir)
     except OSError as exc:
@@ -238,11 +246,15 @@ def _write_tokenizer_files(model_dir: Path, config, tmp: Path) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"the tokenizer of {model_dir} has no fast (tokenizer.json) form, which tweetgen's runtime "
                           "reads; save the model with a fast tokenizer")
-    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    # saved from init_kwargs: the attribute alone does not reach tokenizer_config.json
+    settings = {"model_input_names": ["input_ids", "attention_mask"]}
     context = next((getattr(config, key) for key in ("n_positions", "max_position_embeddings")
                     if isinstance(getattr(config, key, None), int)), None)
     if context:
-        tokenizer.model_max_length = context
+        settings["model_max_length"] = context
+    for key, value in settings.items():
+        setattr(tokenizer, key, value)
+        tokenizer.init_kwargs[key] = value
     tokenizer.save_pretrained(tmp)
 
 
@@ -334,10 +346,14 @@ def _finish(tmp: Path, info: ExportInfo, report: ExportReport, out_dir: Path, se
     tweetgen = _read_json(info_path)
     tweetgen["export"] = report.to_json()
     info_path.write_text(json.dumps(tweetgen, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    card = render_card(name=info.name, users=info.users, base_model=info.base_model or "unknown",
-                       training=info.training, evaluation=info.evaluation, export=report.to_json(),
-                       prompt_start=info.prompt_start, license=info.license)
+    card = render_card(name=info.name, users=info.users, base_model=info.base_model, training=info.training,
+                       evaluation=info.evaluation, export=report.to_json(), prompt_start=info.prompt_start,
+                       license=info.license, path=str(out_dir), loss_curve=(tmp / LOSS_CURVE).is_file())
     (tmp / "README.md").write_text(card, encoding="utf-8")
+    if info.license == "other":
+        (tmp / UNKNOWN_LICENSE).write_text(
+            "The license of the base model these weights come from was not found when the model was exported.\n"
+            "That license applies to this model: find it before you publish or use the model.\n", encoding="utf-8")
     return report
 
 
