@@ -58,7 +58,7 @@ def test_several_sources_names_and_options(tmp_path, capsys):
     a = _csv(tmp_path / "a.csv", ["first tweet of mine", "@bob replying to you now"])
     b = tmp_path / "b.txt"
     b.write_text("a line from the text file\nfirst tweet of mine\n")
-    code, out, _ = run(capsys, "clean", "--file", a, "--name", "me", "--file", b, "--name", "me",
+    code, out, _ = run(capsys, "clean", "--file", a, "--as", "me", "--file", b, "--as", "me",
                        "--file", _csv(tmp_path / "other.csv", ["someone else entirely here"]),
                        "--drop-replies", "--workdir", tmp_path / "w", "--json")
     assert code == 0

@@ -5,13 +5,14 @@ Examples:
   tweetgen-train --user alice --user bob --name cyborg --epochs 4        # two voices (X API, X_BEARER_TOKEN)
   tweetgen-train --file tweets.csv --base-model ./SmolLM2.gguf --name me # another base model
   tweetgen-train fetch --user dril --workdir work                        # download into work/raw/ only
-  tweetgen-train clean --file tweets.csv --name me --file more.txt --name me --workdir work --json
+  tweetgen-train clean --file tweets.csv --as me --file more.txt --as me --workdir work --json
   tweetgen-train train --workdir work --name me --resume                 # continue a killed training run
   tweetgen-train export --model path/to/hf-folder --out exported/other   # export any local causal LM
   tweetgen-train eval --model exported/me --workdir work/me --json       # voice, memorization, diversity
+  tweetgen-train push --model exported/me --repo-id me/me-bot --private  # to the Hugging Face Hub (HF_TOKEN)
 
-Stages: fetch, clean, train, export, eval; with none, all of them run in turn. In `fetch` and `clean`, --name (or --as)
-files the previous source's tweets under that user; in the other stages --name names the model and --as names users.
+Stages: fetch, clean, train, export, eval (with none, all of them run in turn), and push. Everywhere, --as NAME files
+the previous source's tweets under that user, and --name names the model.
 
 Tables and progress go to stderr; `--json` prints the statistics on stdout. Errors print `Error: ...` and exit 1.
 """
@@ -55,7 +56,15 @@ class _NameAction(argparse.Action):
             namespace.default_name = values
 
 
-def add_source_args(parser: argparse.ArgumentParser, *, rename_flags: tuple[str, ...] = ("--name", "--as"),
+class _NoModelNameAction(argparse.Action):
+    """--name in a stage that makes no model: say what to use instead."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error("--name names a model, and this stage makes none: file tweets under a user with --as NAME")
+
+
+def add_source_args(parser: argparse.ArgumentParser, *, rename_flags: tuple[str, ...] = ("--as",),
                     workdir_required: bool = True) -> None:
     """The SOURCES options shared by every stage that reads tweets."""
     group = parser.add_argument_group("sources (each can repeat; at least one)")
@@ -106,7 +115,7 @@ def clean_options(args: argparse.Namespace) -> CleanOptions:
                         drop_duplicates=not args.keep_duplicates)
 
 
-STAGES = ("fetch", "clean", "train", "export", "eval", "run")
+STAGES = ("fetch", "clean", "train", "export", "eval", "push", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_args(fetch_parser)
     clean_parser = stages.add_parser("clean", help="fetch what is not cached, clean, and report the counts")
     add_source_args(clean_parser)
+    for parser_ in (fetch_parser, clean_parser):
+        parser_.add_argument("--name", action=_NoModelNameAction, help=argparse.SUPPRESS)
     add_clean_args(clean_parser)
     clean_parser.add_argument("--json", action="store_true", help="print the statistics as JSON on stdout")
     train_parser = stages.add_parser("train", help="fine-tune on the work folder's cleaned tweets (SOURCES: clean "
@@ -145,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--seed", type=int, default=0, help="seed of the generation (%(default)s)")
     eval_parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     eval_parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    push_parser = stages.add_parser("push", help="publish an exported folder to the Hugging Face Hub (the token: "
+                                                 "HF_TOKEN or `hf auth login`)")
+    push_parser.add_argument("--model", type=Path, required=True, metavar="DIR", help="the exported model folder")
+    push_parser.add_argument("--repo-id", required=True, metavar="USER/NAME", help="the model repo to create or update")
+    push_parser.add_argument("--private", action="store_true", help="create the repo private")
+    push_parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     run_parser = stages.add_parser("run", help="all stages in turn (the default)")
     _add_model_stage_args(run_parser, need_sources=True)
     _add_export_args(run_parser)
@@ -157,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_stage_args(parser: argparse.ArgumentParser, *, need_sources: bool) -> None:
     from tweetgen.trainer.train.config import add_config_args
 
-    add_source_args(parser, rename_flags=("--as",), workdir_required=False)
+    add_source_args(parser, workdir_required=False)
     add_clean_args(parser)
     parser.add_argument("--name", dest="model_name", help="the model's name (default: the users' names joined by -)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted training run")
@@ -363,6 +380,11 @@ def _run_stage(args: argparse.Namespace) -> int:
             summary = run_export(args, console, tracker)
         elif args.stage == "eval":
             summary = run_eval(args, console, tracker)
+        elif args.stage == "push":
+            from tweetgen.trainer.export.push import push
+
+            files = push(args.model, args.repo_id, private=args.private)
+            console.print(f"pushed {len(files)} files to https://huggingface.co/{args.repo_id}")
         else:
             summary = run_train(args, console, tracker)
             if args.stage == "run" and _is_first_process():
