@@ -1,6 +1,6 @@
 """Build the tiny random models that the test suite runs on, and export them through Optimum.
 
-    python -m trainer.tiny_model tests/fixtures
+    python tests/tiny_model.py tests/fixtures
 
 writes, for each architecture (a GPT-2 and a llama with grouped-query attention):
   <dest>/tiny_<arch>_hf/   the PyTorch folder (config, safetensors weights, tokenizer)
