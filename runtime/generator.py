@@ -302,9 +302,8 @@ def open_session(model_path: Path, device: str, threads: int | None) -> ort.Infe
     # that can be overridden, which is what they are for. Errors still come through.
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # No CPU arena: a decoder's intermediate tensors are small, and the arena kept the largest it ever held (a
-    # 200-token prompt left GPT-2 124M int8 ~20 MB larger for good: peak RSS of the benchmark's run 288 -> 275 MB,
-    # same speed).
+    # No CPU arena: a decoder's intermediate tensors are small, and the arena keeps the largest it ever held (after a
+    # long prompt, for good).
     options.enable_cpu_mem_arena = False
     if threads is not None:
         options.intra_op_num_threads = threads

@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
 
     if args.sources:
         run_clean(args)
-    result = train_stage(args.workdir, args.model_name, config_from_args(args), resume=args.resume, console=console,
+    result = train_stage(_work(args), args.model_name, config_from_args(args), resume=args.resume, console=console,
                          tracker=tracker)
     if not _is_first_process():  # under torchrun every process trains; the first one speaks
         return {}
@@ -133,7 +133,7 @@ def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
             if not name or args.workdir is None:
                 raise TweetgenError("export: give --model DIR (any Hugging Face causal-LM folder), or --workdir DIR "
                                     "and --name NAME of a trained run")
-            report = export_stage(args.workdir, name, args.out or Path("exported") / name, **variants,
+            report = export_stage(_work(args), name, args.out or Path("exported") / name, **variants,
                                   copy_index=not args.no_copy_index, sampling=sampling)
     tracker.log_model(report.out_dir, kind="onnx", metadata=report.to_json())
     console.print(f"exported to {report.out_dir}; try: tweetgen-run -m {report.out_dir} \"My dream is\"")
@@ -153,11 +153,20 @@ def run_eval(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     if samples < 1 or seed < 0:
         raise TweetgenError(f"eval: --samples must be 1 or more and --seed 0 or more, not {samples} and {seed}")
     with console.status(f"Evaluating {folder}: {samples} tweets, perplexity, voice, memorization..."):
-        report = eval_stage(folder, args.workdir, name=name, samples=samples, seed=seed).to_json()
+        report = eval_stage(folder, _work(args), name=name, samples=samples, seed=seed).to_json()
     tracker.log_eval(report)
     console.print(eval_table(report))
     console.print(f"targets: {report['targets']}; written to {Path(folder) / 'eval.json'} and its README.md")
     return {"eval": report}
+
+
+def _work(args: argparse.Namespace):
+    """The work folder of this command, one WorkDir for every stage it runs: what it reads, it reads once."""
+    from tweetgen.trainer.workdir import WorkDir
+
+    if getattr(args, "work", None) is None:
+        args.work = WorkDir(args.workdir)
+    return args.work
 
 
 def _check_stage_args(args: argparse.Namespace) -> str | None:

@@ -19,11 +19,16 @@ log = logging.getLogger(__name__)
 VALIDATION_CHECK_TEXTS = 300  # held-out tweets on which the export compares int8 with fp32
 
 
-def train_stage(workdir: Path, name: str, config: TrainConfig, *, resume: bool = False, console=None, tracker=None):
+def _as_work(workdir: str | Path | WorkDir) -> WorkDir:
+    return workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+
+
+def train_stage(workdir: str | Path | WorkDir, name: str, config: TrainConfig, *, resume: bool = False, console=None,
+                tracker=None):
     """Fine-tune on the work folder's cleaned tweets, logging data and model to `tracker`; returns the TrainResult."""
     from tweetgen.trainer.train.finetune import train
 
-    work = WorkDir(workdir)
+    work = _as_work(workdir)
     split = work.split(config)
     dataset = split.dataset()
     log.info("training set: %d tweets, validation: %d", len(dataset["train"]), len(dataset["validation"]))
@@ -55,7 +60,7 @@ def export_info(work: WorkDir, name: str):
                       training=training, evaluation=evaluation, license=base_license(config.base_model))
 
 
-def export_stage(workdir: Path, name: str, out: Path, *, int8: bool = True, fp16: bool = True,
+def export_stage(workdir: str | Path | WorkDir, name: str, out: Path, *, int8: bool = True, fp16: bool = True,
                  fp32: bool = True, copy_index: bool = True, sampling: dict | None = None):
     """Export the finished run `runs/<name>/model` of the work folder to `out`; returns the ExportReport.
 
@@ -64,7 +69,7 @@ def export_stage(workdir: Path, name: str, out: Path, *, int8: bool = True, fp16
     """
     from tweetgen.trainer.export.export import export_model
 
-    work = WorkDir(workdir)
+    work = _as_work(workdir)
     info = export_info(work, name)
     split = work.split(work.run_config(name))
     copy_texts = [t for ts in split.train_texts().values() for t in ts] if copy_index else None
@@ -75,7 +80,7 @@ def export_stage(workdir: Path, name: str, out: Path, *, int8: bool = True, fp16
                         loss_curve=work.run_dir(name) / "loss.png")
 
 
-def eval_stage(folder: str | Path, workdir: str | Path, *, name: str | None = None, samples: int = 500,
+def eval_stage(folder: str | Path, workdir: str | Path | WorkDir, *, name: str | None = None, samples: int = 500,
                seed: int = 0, precision: str = "auto", write: bool = True):
     """Evaluate a model folder on the cleaned tweets of the work folder it was trained from; write eval.json and
     the card's section unless `write` is False. Returns the EvalReport.
@@ -86,7 +91,7 @@ def eval_stage(folder: str | Path, workdir: str | Path, *, name: str | None = No
     from tweetgen.trainer.eval.card import write_eval
     from tweetgen.trainer.eval.evaluate import evaluate_model
 
-    work = WorkDir(workdir)
+    work = _as_work(workdir)
     if name is None:
         own = str(read_folder(folder).info.get("name") or "")
         name = own if own and work.has_run(own) else None

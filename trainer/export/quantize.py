@@ -3,18 +3,15 @@
 The int8 variant comes in two kinds. "blockwise" keeps 8-bit weights in blocks of 32 along each linear layer's input,
 each block with its own scale (onnxruntime's MatMulNBits, bits=8, symmetric), and computes with int8 activations
 quantized per block as well (accuracy_level 4, the VNNI path). "per_tensor" is dynamic quantization with one scale
-per tensor (MatMulInteger): faster on x86 with VNNI, and fine on GPT-2, but it lifted a fine-tuned SmolLM2-135M's
-held-out perplexity from 92.7 to 253 (per-channel: 163), as llama-family activations have outliers that one uint8
-scale per tensor cannot hold; "blockwise" gave 93.0. The export tries "per_tensor" and keeps it only when it passes
-the perplexity check. Embedding tables are int8 too: "per_tensor" with onnxruntime's Gather quantization (one scale a
-table: fine on GPT-2), "blockwise" with a scale per row (`_embeddings_per_row`): with one scale a table the base
-SmolLM2-135M's int8 perplexity on held-out tweets was 3.4% over fp32's, with a scale per row 2.0%. (A scale per row
-on GPT-2 124M left its int8 table wholly resident after a 5 x 64 run, 25 MB more peak RSS, for no accuracy it
-needs.)
+per tensor (MatMulInteger): faster on x86 with VNNI and fine on GPT-2, but llama-family activations have outliers
+that one uint8 scale per tensor cannot hold, so the export keeps "per_tensor" only when it passes the perplexity
+check. Embedding tables are int8 too: "per_tensor" with onnxruntime's Gather quantization (one scale a table),
+"blockwise" with a scale per row (`_embeddings_per_row`), which llama-family tables need. The measurements behind
+these choices are in benchmarks/README.md ("Quantization choices").
 
 Quantizers only touch MatMul nodes whose weight is a constant. Optimum exports GPT-2's linear layers as Gemm and
 feeds the output layer a `Transpose(wte)`, so `quantize_int8` first rewrites a copy of the graph (Gemm -> MatMul +
-Add, constant Transposes folded into initializers); GPT-2 124M then has 49 quantized linear layers.
+Add, constant Transposes folded into initializers).
 
 Graphs over 2 GB (protobuf's limit) are read and written with external data (`<file>.data` next to the .onnx), and
 so is an int8 model over EXTERNAL_DATA_BYTES (onnxruntime then maps its weights instead of copying them at load).
@@ -46,8 +43,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
         fp32_path: the fp32 model.onnx (left untouched).
         out_path: where to write the int8 model, e.g. model_quantized.onnx next to it.
         method: "blockwise" (8-bit MatMulNBits, a scale per `block_size` weights, int8 compute) or "per_tensor"
-            (MatMulInteger, one scale per weight tensor and per activation tensor: about 8% faster decoding and
-            twice as fast a prefill for GPT-2 124M here, but far less accurate on llama-family models).
+            (MatMulInteger, one scale per weight tensor and per activation tensor: faster, but far less accurate on
+            llama-family models).
         block_size: weights sharing one scale in "blockwise" (a power of two, 16 or more).
 
     Returns:
@@ -80,8 +77,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
     interface = _output_shapes(onnx.load(str(fp32_path), load_external_data=False))
     quantized = onnx.load(str(out_path))
     if _restore_output_shapes(quantized, interface) or (not large and out_path.stat().st_size > EXTERNAL_DATA_BYTES):
-        # Weights in a file beside the graph are memory-mapped by onnxruntime instead of parsed into a copy first:
-        # GPT-2 124M int8's peak RSS while loading fell from 271 to 221 MB here, its speed unchanged.
+        # Weights in a file beside the graph are memory-mapped by onnxruntime instead of parsed into a copy first,
+        # which lowers the load's peak memory.
         save_onnx(quantized, out_path, large or out_path.stat().st_size > EXTERNAL_DATA_BYTES)
     del quantized
     counts = count_ops(onnx.load(str(out_path), load_external_data=False))
