@@ -44,7 +44,8 @@ def run_fetch(args: argparse.Namespace) -> dict[str, list]:
 
     sources = collect_sources(args)
     with Console(stderr=True).status("Fetching tweets...") as status:
-        return fetch(sources, args.workdir, report=status.update)
+        return fetch(sources, args.workdir, report=status.update,
+                     client_options={"max_wait": args.max_wait, "deadline": args.deadline})
 
 
 def run_clean(args: argparse.Namespace) -> dict[str, UserStats]:

@@ -9,6 +9,7 @@ from typing import Any
 from tweetgen.errors import TweetgenError
 from tweetgen.trainer.data.clean import CleanOptions
 from tweetgen.trainer.data.fetch import Source
+from tweetgen.trainer.data.sources.xapi import DEADLINE, MAX_WAIT
 from tweetgen.trainer.train.config import add_config_args
 from tweetgen.version import version
 
@@ -57,6 +58,11 @@ def add_source_args(parser: argparse.ArgumentParser, *, rename_flags: tuple[str,
                        help="file the previous source's tweets under this user (before any source: all of them)")
     group.add_argument("--text-column", metavar="COL", help="files: the column holding the text (default: guessed)")
     group.add_argument("--user-column", metavar="COL", help="files: the column holding the user (default: guessed)")
+    group.add_argument("--max-wait", type=float, default=MAX_WAIT, metavar="S",
+                       help="X API: the longest rate-limit wait in seconds (default %(default).0f); a later reset "
+                            "stops the download, to be resumed")
+    group.add_argument("--deadline", type=float, default=DEADLINE, metavar="S",
+                       help="X API: seconds a download may take in all, waits included (default %(default).0f)")
     parser.set_defaults(sources=[], default_name=None)
     parser.add_argument("--workdir", type=Path, required=workdir_required, metavar="DIR",
                         help="where the cache (raw/), cleaned tweets (clean/), stats.json and training runs (runs/) "

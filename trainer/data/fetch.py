@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tweetgen.trainer.data import cache
 from tweetgen.trainer.errors import DataError
@@ -40,7 +41,8 @@ class Source:
 
 
 def fetch(sources: list[Source], workdir: Path, *, report: xapi.Report | None = None,
-          client_factory: Callable[..., xapi.XApiClient] = xapi.XApiClient.from_env) -> dict[str, list[Tweet]]:
+          client_factory: Callable[..., xapi.XApiClient] = xapi.XApiClient.from_env,
+          client_options: dict[str, Any] | None = None) -> dict[str, list[Tweet]]:
     """Make sure every source is cached and return each user's raw tweets, in the order users first appear.
 
     Args:
@@ -48,6 +50,7 @@ def fetch(sources: list[Source], workdir: Path, *, report: xapi.Report | None = 
         workdir: the cache lives in `workdir/raw/`.
         report: receives progress lines (downloads, rate-limit waits).
         client_factory: builds the X API client (tests pass a factory pointed at a fake server).
+        client_options: more keyword arguments for it (max_wait, deadline: see XApiClient).
 
     Raises:
         DataError: a source cannot be read (ArchiveError, XApiError and file errors are DataErrors).
@@ -64,7 +67,7 @@ def fetch(sources: list[Source], workdir: Path, *, report: xapi.Report | None = 
             users.update(dict.fromkeys(cached))
             continue
         if source.kind == "user":
-            client = client or client_factory(report=report)
+            client = client or client_factory(report=report, **(client_options or {}))
             user, tweets = download_user(source.value, workdir, client, name=source.name, report=report)
             got = {user: tweets}
         else:
