@@ -214,6 +214,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_stage(args: argparse.Namespace) -> int:
+    """Run the stage holding its work folder: exclusively when it writes there, shared when it only reads."""
+    from contextlib import nullcontext
+
+    from tweetgen.trainer.workdir import lock
+
+    workdir = getattr(args, "workdir", None)
+    held = nullcontext() if workdir is None else lock(workdir, shared=args.stage in ("export", "eval"))
+    with held:
+        return _run_stage_held(args)
+
+
+def _run_stage_held(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)

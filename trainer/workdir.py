@@ -7,11 +7,18 @@
 
 A `WorkDir` reads stats.json, a run's train_config.json and metrics.json, and builds a config's split, each once;
 the stages get what they need from it (texts, configs, paths) and never open the work folder themselves.
+
+One command at a time writes to a work folder: `lock` takes an OS lock on `.lock` in it (exclusive to write, shared
+to read), which the OS releases when the process ends, however it ends. A second command refuses at once, naming the
+process that holds the folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +28,7 @@ from tweetgen.errors import TweetgenError
 from tweetgen.trainer.data.dataset import DatasetOptions, Split, load_clean, split_tweets
 from tweetgen.trainer.train.config import TrainConfig
 
+LOCK = ".lock"
 STATS = "stats.json"
 RUNS = "runs"
 TRAIN_CONFIG = "train_config.json"
@@ -87,6 +95,41 @@ class WorkDir:
                                      seed=config.seed, balance=config.balance)
             self._splits[key] = split_tweets(texts, options)
         return self._splits[key]
+
+
+@contextmanager
+def lock(path: str | Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the work folder `path` (made if missing) for this process: exclusively to write, shared to read.
+
+    Raises:
+        TweetgenError: another process holds it in a way that conflicts; nothing was done.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock (documented in the README)
+        yield
+        return
+    folder = Path(path)
+    if (shared and not folder.is_dir()) or int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        # nothing there to protect (the stage says what is missing); or a torchrun worker, whose launcher's first
+        # process holds the folder for all of them
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise TweetgenError(f"another tweetgen-train (pid {holder}) is using the work folder {folder}; wait for "
+                                "it to end, or give this command another --workdir") from None
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; so does the process's end
 
 
 def _read_json(path: Path) -> dict[str, Any]:

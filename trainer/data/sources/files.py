@@ -7,8 +7,11 @@ elonmusk) unless a user column or the caller's `name` says otherwise.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import logging
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json", ".txt")
 TEXT_COLUMNS = ("full_text", "text", "tweet", "tweet_text", "content", "body", "message")
 USER_COLUMNS = ("username", "screen_name", "screenname", "user_screen_name", "user", "author", "name")
 ID_COLUMNS = ("id_str", "tweet_id", "id", "status_id")
+MAX_FILE_BYTES = 1 << 30  # the largest tweets file read (all of one person's tweets are a few hundred MB at most)
 DATE_COLUMNS = ("created_at", "created", "datetime", "date", "time", "timestamp")
 REPLY_COLUMNS = ("in_reply_to_status_id_str", "in_reply_to_status_id", "in_reply_to_user_id_str",
                  "in_reply_to_user_id", "in_reply_to_screen_name")
@@ -45,10 +49,7 @@ def read_file(path: Path, *, name: str | None = None, text_column: str | None = 
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}, or --archive for .js")
-    try:
-        text = decode_utf8(path.read_bytes(), str(path))
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    text = decode_utf8(_read_regular_file(path), str(path))
     default_user = check_user_name(name or user_from_stem(path.stem), where=str(path))
     if suffix == ".txt":
         rows: list[dict[str, Any]] = [{"text": line} for line in text.splitlines() if line.strip()]
@@ -65,10 +66,16 @@ def read_file(path: Path, *, name: str | None = None, text_column: str | None = 
     text_key = _pick(columns, text_column, TEXT_COLUMNS, "text", path, required=True)
     user_key = None if name else _pick(columns, user_column, USER_COLUMNS, "user", path, required=False)
     grouped: dict[str, list[Tweet]] = {}
+    occurrences: dict[str, int] = {}  # content id -> rows seen with it (a tweet written twice stays twice)
     for number, row in enumerate(rows, 1):
         tweet = _tweet(row, number, text_key, user_key, default_user, columns, path)
-        if tweet is not None:
-            grouped.setdefault(tweet.user, []).append(tweet)
+        if tweet is None:
+            continue
+        if not tweet.id:
+            key = content_id(tweet.user, tweet.created_at, tweet.text)
+            occurrences[key] = occurrences.get(key, 0) + 1
+            tweet = dataclasses.replace(tweet, id=f"{key}.{occurrences[key]}")
+        grouped.setdefault(tweet.user, []).append(tweet)
     if not grouped:
         raise DataError(f"{path}: column {text_key!r} is empty in every row")
     return grouped
@@ -140,7 +147,7 @@ def _tweet(row: dict[str, Any], number: int, text_key: str, user_key: str | None
     kind = str(row.get("type") or "")  # tweety CSVs: "" tweet, "rt:<id>" retweet, "r:<user id>" reply
     retweet = row.get("is_retweet")
     return Tweet(
-        id=str(tweet_id) if tweet_id not in (None, "") else f"{path.stem}:{number}",
+        id=str(tweet_id) if tweet_id not in (None, "") else "",  # no id column: read_file gives one from content
         user=user,
         text=text,
         created_at=to_iso(_first(row, columns, DATE_COLUMNS)),
@@ -149,6 +156,34 @@ def _tweet(row: dict[str, Any], number: int, text_key: str, user_key: str | None
         is_reply=kind.startswith("r:") or any(_present(row.get(k)) for k in REPLY_COLUMNS)
         or _replied_to(row.get("referenced_tweets")),
     )
+
+
+def content_id(user: str, created_at: str | None, text: str) -> str:
+    """The id of a tweet whose file gives none: from what the tweet is (its user, date and text), never from where
+    it sits, so that the same tweet read again (a file grown at its top, a second file of the same name) keeps its id
+    and a different one never takes it."""
+    digest = hashlib.sha256(f"{user}\x00{created_at or ''}\x00{text}".encode("utf-8", "surrogatepass"))
+    return "c" + digest.hexdigest()[:24]
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes, refusing what is not a regular file (a FIFO, a device such as /dev/zero) and anything over
+    MAX_FILE_BYTES, so that reading can neither hang nor fill the memory."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path}: not a regular file (a pipe, device or folder); give a .csv, .jsonl, .json or .txt "
+                        "file")
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MB, the most a tweets file is read to; split it")
+    return data
 
 
 def _first(row: dict[str, Any], columns: list[str], guesses: Iterable[str]) -> Any:

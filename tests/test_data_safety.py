@@ -1,0 +1,115 @@
+"""Nothing lost: tweet ids come from what a tweet is, never from where it sits; one command at a time writes to a
+work folder; a tweets "file" that is a pipe or a device is refused instead of read forever."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tweetgen.trainer.data.fetch import Source, fetch
+from tweetgen.trainer.data.sources.files import read_file
+from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.workdir import lock
+
+LINES = [f"tweet number {i} has a handful of words" for i in range(10)]
+
+
+def test_two_files_of_the_same_name_under_one_user_keep_every_tweet(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "tweets.txt").write_text("\n".join(LINES[:5]) + "\n")
+    (tmp_path / "b" / "tweets.txt").write_text("\n".join(LINES[5:]) + "\n")
+    got = fetch([Source("file", str(tmp_path / "a" / "tweets.txt"), name="me"),
+                 Source("file", str(tmp_path / "b" / "tweets.txt"), name="me")], tmp_path / "work")
+    assert sorted(t.text for t in got["me"]) == sorted(LINES)
+
+
+def test_new_tweets_at_the_top_of_a_file_read_again_are_kept(tmp_path):
+    path = tmp_path / "me.txt"
+    path.write_text("\n".join(LINES[3:]) + "\n")
+    fetch([Source("file", str(path))], tmp_path / "work")
+    path.write_text("\n".join(LINES) + "\n")  # three new tweets above the old ones
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new fingerprint even on a coarse clock
+    got = fetch([Source("file", str(path))], tmp_path / "work")
+    assert sorted(t.text for t in got["me"]) == sorted(LINES)
+
+
+def test_the_same_tweet_twice_in_one_file_stays_twice_for_the_duplicate_count(tmp_path):
+    path = tmp_path / "me.txt"
+    path.write_text(f"{LINES[0]}\n{LINES[1]}\n{LINES[0]}\n")
+    tweets = read_file(path)["me"]
+    assert len(tweets) == 3 and len({t.id for t in tweets}) == 3
+    assert tweets[0].id.rsplit(".", 1)[0] == tweets[2].id.rsplit(".", 1)[0]  # the same content, counted apart
+
+
+def test_a_pipe_or_a_device_is_refused_not_read(tmp_path):
+    fifo = tmp_path / "tweets.txt"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.txt"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        result = []
+        worker = threading.Thread(target=lambda p=path: result.append(_error_of(p)), daemon=True)
+        worker.start()
+        worker.join(10)
+        assert result and "not a regular file" in result[0]
+
+
+def _error_of(path: Path) -> str:
+    try:
+        read_file(path)
+    except DataError as exc:
+        return str(exc)
+    return "read"
+
+
+def test_a_second_writer_refuses_at_once_and_the_lock_goes_with_its_process(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from tweetgen.trainer.workdir import lock
+            with lock({str(tmp_path)!r}):
+                print("held", flush=True)
+                time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match=f"pid {holder.pid}.*another --workdir"):
+            with lock(tmp_path):
+                pass
+        with pytest.raises(Exception, match="another tweetgen-train"):
+            with lock(tmp_path, shared=True):  # a reader waits for no writer either: it refuses
+                pass
+    finally:
+        holder.kill()  # as a crash would end it
+        holder.wait()
+    with lock(tmp_path):  # the OS released it with the process
+        pass
+    with lock(tmp_path, shared=True), lock(tmp_path, shared=True):  # readers share
+        pass
+
+
+def test_four_cleans_at_once_lose_nothing(tmp_path):
+    """The afternoon's case: concurrent `clean` runs on one folder. Each either refuses or finishes; the cache then
+    holds every tweet of every file that was cleaned."""
+    files = []
+    for k in range(4):
+        path = tmp_path / f"user{k}.txt"
+        path.write_text("\n".join(f"{line} from file {k}" for line in LINES) + "\n")
+        files.append(path)
+    runs = [subprocess.Popen([sys.executable, "-m", "tweetgen.trainer.cli", "clean", "--file", str(path),
+                              "--workdir", str(tmp_path / "work")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for path in files]
+    outcomes = [(run.wait(120), run.stderr.read()) for run in runs]
+    done = [k for k, (code, _) in enumerate(outcomes) if code == 0]
+    assert all(code == 0 or "another tweetgen-train" in err for code, err in outcomes)
+    assert done
+    for k in done:
+        cached = (tmp_path / "work" / "raw" / f"user{k}.jsonl").read_text().count("\n")
+        assert cached == len(LINES)
