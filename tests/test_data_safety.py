@@ -113,3 +113,20 @@ def test_four_cleans_at_once_lose_nothing(tmp_path):
     for k in done:
         cached = (tmp_path / "work" / "raw" / f"user{k}.jsonl").read_text().count("\n")
         assert cached == len(LINES)
+
+
+def test_a_lone_surrogate_keeps_its_tweet_and_the_rest_of_the_file(tmp_path):
+    path = tmp_path / "me.jsonl"
+    path.write_text('{"text": "half an emoji \\ud83d at the cut of 140 chars"}\n'
+                    '{"text": "and the next tweet is fine too"}\n')
+    got = fetch([Source("file", str(path))], tmp_path / "work")
+    texts = sorted(t.text for t in got["me"])
+    assert texts == ["and the next tweet is fine too", "half an emoji \ufffd at the cut of 140 chars"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10 ** 30, "99999999999999999999", -10 ** 20,
+                                   "0001-01-01T00:00:00+14:00", "not a date", True, [1, 2]])
+def test_dates_out_of_range_or_not_numbers_are_no_date(value):
+    from tweetgen.trainer.data.records import to_iso
+
+    assert to_iso(value) is None

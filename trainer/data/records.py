@@ -10,6 +10,7 @@ from tweetgen.trainer.errors import DataError
 
 _TWITTER_DATE = "%a %b %d %H:%M:%S %z %Y"  # v1.1 and archives: "Wed Oct 19 20:07:25 +0000 2022"
 _USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,14 @@ class Tweet:
     created_at: str | None  # ISO 8601 in UTC when the source says when, else None
     is_retweet: bool  # the source marks it a retweet, or its text starts "RT @"
     is_reply: bool  # the source marks it a reply (in_reply_to_*, referenced_tweets replied_to, "r:" type)
+
+    def __post_init__(self) -> None:
+        # A lone surrogate (an emoji cut in half by the old 140-character limit, "\ud83d" in JSON) cannot be written
+        # as UTF-8: it becomes U+FFFD, and the tweet and the rest of its file are kept.
+        for name in ("id", "user", "text"):
+            value = getattr(self, name)
+            if isinstance(value, str) and _SURROGATE.search(value):
+                object.__setattr__(self, name, _SURROGATE.sub("\ufffd", value))
 
     def to_json(self) -> dict[str, Any]:
         """The record as the dict stored on one line of `<workdir>/raw/<user>.jsonl`."""
@@ -51,10 +60,13 @@ def to_iso(value: Any) -> str | None:
     Accepts the v1.1/archive form ("Wed Oct 19 20:07:25 +0000 2022"), ISO strings ("2015-02-28T05:27:32.000Z",
     "2022-11-07 02:32:45+00:00") and epoch seconds (int, float or digits).
     """
-    if value is None or value == "":
+    if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
-        when = dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
+        try:  # NaN, infinities and epochs outside the calendar: no date
+            when = dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
+        except (OverflowError, ValueError, OSError):
+            return None
         return when.isoformat().replace("+00:00", "Z")
     text = str(value).strip()
     for parse in (lambda s: dt.datetime.strptime(s, _TWITTER_DATE), _parse_iso):
@@ -64,7 +76,10 @@ def to_iso(value: Any) -> str | None:
             continue
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.timezone.utc)
-        return when.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        try:
+            return when.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        except (OverflowError, ValueError):  # a year 1 or 9999 date pushed out of range by its offset
+            return None
     return None
 
 
