@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                          ensure_ascii=False))
     else:
         print("\n\n".join(tweets))
+    sys.stdout.flush()  # a write error (a full disk) shows here, inside main's handling, not at exit
     return 0
 
 
@@ -150,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `| head`); stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # stdout on a full disk, or a model file that cannot be read
+        where = exc.filename or "standard output"
+        print(f"Error: cannot read or write {where}: {exc.strerror or exc}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .sampling import SamplingParams, draw, penalize_repeats, sample
 
 __all__ = ["MAX_SAMPLES", "Engine", "GraphSpec", "Step", "read_graph_spec", "step_feeds"]
 MAX_SAMPLES = 1024  # rows decoded together; each holds its own KV cache (GPT-2 124M: ~9 MB a row at 128 tokens)
+MAX_CACHE_BYTES = 4 << 30  # the KV cache one call may hold: n rows x (prompt + new tokens) x layers x keys/values
 
 
 class Step(NamedTuple):
@@ -60,6 +61,15 @@ class Engine:
                 f"the prompt ({prompt_tokens} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the "
                 f"model's context of {self.context_length} tokens; shorten the prompt or lower max_new_tokens")
 
+    def check_memory(self, n: int, positions: int) -> None:
+        """Raise ValueError when n rows of `positions` cached tokens would not fit MAX_CACHE_BYTES."""
+        spec = self.spec
+        per_row = positions * len(spec.past_names) * spec.kv_heads * spec.head_dim * np.dtype(spec.cache_dtype).itemsize
+        if n * per_row > MAX_CACHE_BYTES:
+            raise ValueError(f"n={n} samples of {positions} tokens need {n * per_row / 2**30:.1f} GiB of KV cache, "
+                             f"over the {MAX_CACHE_BYTES / 2**30:.0f} GiB allowed; ask for at most "
+                             f"{max(1, MAX_CACHE_BYTES // per_row)} samples, or fewer new tokens")
+
     def generate(self, prompt_ids: list[int] | np.ndarray, *, n: int, max_new_tokens: int,
                  params: SamplingParams, rng: np.random.Generator,
                  done: np.ndarray | None = None) -> Iterator[Step]:
@@ -76,6 +86,7 @@ class Engine:
                 or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, not {max_new_tokens!r}")
         self.check_length(len(prompt), max_new_tokens)
+        self.check_memory(n, len(prompt) + max_new_tokens)
         done = np.zeros(n, dtype=bool) if done is None else done
         return self._decode(prompt, n, max_new_tokens, params, rng, done)
 

@@ -83,8 +83,13 @@ def read_folder(path: str | Path) -> ModelFolder:
     # A user with a "prefix" is a voice the model can be asked for; one without (an untagged model) has stats only.
     users = {str(name): str(entry["prefix"]) for name, entry in (info.get("users") or {}).items()
              if isinstance(entry, dict) and "prefix" in entry}
+    try:
+        sampling = _sampling_defaults(generation)
+    except (TypeError, ValueError) as exc:
+        raise ModelFolderError(f"{folder / 'generation_config.json'} has a sampling setting that is not a number: "
+                               f"{exc}; fix the file or remove it") from None
     return ModelFolder(
-        path=folder, config=config, sampling=_sampling_defaults(generation),
+        path=folder, config=config, sampling=sampling,
         eos_token_ids=_eos_ids(generation, config), context_length=_context_length(config, folder),
         users=users, prompt_start=str(info.get("prompt_start", "")), info=info)
 
@@ -109,6 +114,9 @@ def _sampling_defaults(generation: dict[str, Any]) -> SamplingDefaults:
     for key in SAMPLING_FALLBACK:
         if generation.get(key) is not None and not (key == "temperature" and values["temperature"] == 0.0):
             values[key] = generation[key]
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} is {value!r}")
     return SamplingDefaults(
         max_new_tokens=int(values["max_new_tokens"]), temperature=float(values["temperature"]),
         top_k=int(values["top_k"]), top_p=float(values["top_p"]),

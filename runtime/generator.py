@@ -26,6 +26,7 @@ from .text import TweetText
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 COPY_ATTEMPTS = 5  # generate: draws in all (the first included) for a text that copies a training tweet
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # more onnxruntime threads than this only fight over the cores
 
 
 def cuda_available() -> bool:
@@ -43,6 +44,8 @@ class Generator:
         self.tokenizer = tokenizer
         self.model_path = model_path
         self.copy_index = copy_index  # the training tweets' 8-word windows, when the folder ships copies.bin
+        # characters of the longest token (byte-level BPE shows each byte as one character): bounds a prompt's tokens
+        self._longest_token = max((len(t) for t in tokenizer.get_vocab()), default=1) + 1
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
@@ -66,8 +69,10 @@ class Generator:
         """
         if device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be an integer >= 1 or None, not {threads!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or not 1 <= threads <= MAX_THREADS):
+            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS}, or None (one per core), "
+                             f"not {threads!r}")
         asked = device
         if device == "cuda" and not cuda_available():
             raise TweetgenError("device 'cuda' needs onnxruntime-gpu and a visible NVIDIA GPU; "
@@ -98,6 +103,10 @@ class Generator:
             spec = read_graph_spec(session, folder.config)
         except ModelFolderError as exc:
             raise ModelFolderError(f"{model_path}: {exc}") from None
+        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        if spec.vocab_size is not None and vocab > spec.vocab_size:
+            raise ModelFolderError(f"{folder.path}: tokenizer.json has {vocab} tokens but {model_path.name} scores "
+                                   f"only {spec.vocab_size}: they are not the same model's")
         engine = Engine(session, spec, context_length=folder.context_length, eos_token_ids=eos, device=device)
         log.info("loaded %s on %s", model_path, device)
         return cls(folder, engine, tokenizer, model_path, _read_copy_index(folder.path))
@@ -124,6 +133,11 @@ class Generator:
             known = ", ".join(self.users) or "none: this model has a single voice"
             raise ValueError(f"unknown user {user!r}; this model knows: {known}")
         prefix = self.folder.users.get(user, "") if user is not None else ""
+        # Every token is at least one character: a prompt with more characters than the context holds tokens times
+        # the longest token is too long whatever it says, and is refused before it is tokenized in full.
+        if len(prompt) > self.engine.context_length * self._longest_token:
+            raise ValueError(f"the prompt ({len(prompt):,} characters) is far longer than the model's context of "
+                             f"{self.engine.context_length} tokens; shorten it")
         text = self.folder.prompt_start + prefix + prompt
         body = text.rstrip(" ")
         return self.tokenizer.encode(body).ids, len(text) - len(body)
