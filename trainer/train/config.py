@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,33 @@ class TrainConfig:
     balance: str = _knob("upsample", "even out the users' shares of the training tweets: upsample, cap or none",
                          choices=("upsample", "cap", "none"))
     min_tweets: int = _knob(20, "refuse to train on fewer kept tweets than this")
+
+    def __post_init__(self) -> None:
+        """Every setting checked before any work, with what is allowed."""
+        whole = {"batch_size": 1, "gradient_accumulation": 1, "block_size": 8, "checkpoints_kept": 1,
+                 "min_tweets": 1, "eval_steps": 0, "early_stopping": 0, "seed": 0}
+        for name, least in whole.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise TweetgenError(f"{name.replace('_', '-')} must be a whole number >= {least}, not {value!r}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < -1 \
+                or self.max_steps == 0:
+            raise TweetgenError(f"max-steps must be -1 (no limit) or a whole number >= 1, not {self.max_steps!r}")
+        ranges = {"learning_rate": (0.0, 1.0, False), "epochs": (0.0, 10_000.0, False),
+                  "warmup_ratio": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, True),
+                  "validation_fraction": (0.0, 1.0, True)}
+        for name, (low, high, low_allowed) in ranges.items():
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and (value >= low if low_allowed else value > low) and value < high
+            if not ok:
+                bracket = "[" if low_allowed else "("
+                raise TweetgenError(f"{name.replace('_', '-')} must be a number in {bracket}{low:g}, {high:g}), "
+                                    f"not {value!r}")
+        if self.base_model.startswith("scratch:"):
+            from tweetgen.trainer.train.scratch import parse_spec
+
+            parse_spec(self.base_model)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")

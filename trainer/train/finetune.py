@@ -143,6 +143,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> Path:
     finished = (run_dir / "model").is_dir()
     if resume:
         _drop_partial_checkpoints(checkpoints)
+        if finished and _complete_checkpoint(checkpoints) is None:
+            raise TrainError(f"--resume: the run in {run_dir} is finished (its model is in {run_dir / 'model'}); "
+                             "export it, or run without --resume to train again")
         if _complete_checkpoint(checkpoints) is None:
             raise TrainError(f"--resume: {checkpoints} holds no complete checkpoint to resume from; run without "
                              "--resume")

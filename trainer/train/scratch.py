@@ -28,6 +28,11 @@ def parse_spec(spec: str) -> dict:
             settings[key] = value if key == "tokenizer" else int(value)
         except ValueError:
             raise TweetgenError(f"scratch model setting {key}={value!r}: expected an integer") from None
+    limits = {"layers": (1, 128), "width": (8, 16384), "heads": (1, 256), "vocab": (260, 1_000_000),
+              "context": (8, 1 << 20), "seed": (0, 2**32 - 1)}
+    for key, (low, high) in limits.items():
+        if not low <= settings[key] <= high:
+            raise TweetgenError(f"scratch model: {key}={settings[key]} is outside {low}..{high}")
     if settings["width"] % settings["heads"]:
         raise TweetgenError(f"scratch model: width {settings['width']} must be a multiple of heads {settings['heads']}")
     return settings
