@@ -2,6 +2,7 @@
 work folder; a tweets "file" that is a pipe or a device is refused instead of read forever."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +131,23 @@ def test_dates_out_of_range_or_not_numbers_are_no_date(value):
     from tweetgen.trainer.data.records import to_iso
 
     assert to_iso(value) is None
+
+
+def test_deeply_nested_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="nested too deeply"):
+        read_file(path)
+
+
+def test_odd_but_valid_looking_account_and_manifest_files_are_read_around(tmp_path):
+    from tweetgen.trainer.data.sources.archive import read_archive
+
+    data = tmp_path / "arch" / "data"
+    data.mkdir(parents=True)
+    (data / "account.js").write_text('window.YTD.account.part0 = [{"account": [1, 2]}]')
+    (data / "manifest.js").write_text('window.__THAR_CONFIG = {"dataTypes": "odd", "userInfo": ["x"]}')
+    (data / "tweets.js").write_text("window.YTD.tweets.part0 = " + json.dumps(
+        [{"tweet": {"id_str": str(i), "full_text": t}} for i, t in enumerate(LINES)]))
+    user, tweets = read_archive(tmp_path / "arch")
+    assert user == "arch" and len(tweets) == len(LINES)

@@ -176,23 +176,25 @@ def _tweet_files(tree: _Tree, manifest: Any) -> list[str]:
 def _manifest_files(manifest: Any) -> list[str]:
     if not isinstance(manifest, dict):
         return []
-    types = manifest.get("dataTypes") or {}
+    types = manifest.get("dataTypes")
     for key in ("tweets", "tweet"):
-        files = (types.get(key) or {}).get("files") or []
-        if files:
-            return [f["fileName"] for f in files if isinstance(f, dict) and f.get("fileName")]
+        entry = types.get(key) if isinstance(types, dict) else None
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if isinstance(files, list) and files:
+            return [str(f["fileName"]) for f in files if isinstance(f, dict) and f.get("fileName")]
     return []
 
 
 def _archive_user(tree: _Tree, manifest: Any) -> str | None:
     account = _read_optional(tree, "account.js")
     if isinstance(account, list) and account and isinstance(account[0], dict):
-        username = (account[0].get("account") or {}).get("username")
-        if username:
-            return str(username)
-    if isinstance(manifest, dict):
-        return (manifest.get("userInfo") or {}).get("userName")
-    return None
+        entry = account[0].get("account")
+        username = entry.get("username") if isinstance(entry, dict) else None
+        if isinstance(username, str) and username:
+            return username
+    info = manifest.get("userInfo") if isinstance(manifest, dict) else None
+    name = info.get("userName") if isinstance(info, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _tweets_of(entries: Any, user: str, where: str) -> list[Tweet]:

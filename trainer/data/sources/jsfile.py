@@ -35,6 +35,8 @@ def parse_json_text(text: str, where: str, *, start: int = 0) -> Any:
         line = text.count("\n", 0, pos) + 1
         column = pos - (text.rfind("\n", 0, pos) + 1) + 1
         raise DataError(f"{where}: malformed JSON at line {line} column {column}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be tweets (thousands of levels)") from None
 
 
 def parse_js(data: bytes, where: str) -> Any:
