@@ -82,3 +82,14 @@ def test_stdout_on_a_full_disk_is_an_error_not_a_traceback():
                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
     assert "No space left" in result.stderr
+
+
+def test_a_graph_the_runtime_cannot_drive_is_refused_naming_the_file_and_why(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    folder = tmp_path / "m"
+    shutil.copytree(TINY_GPT2, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    model.graph.input.append(onnx.helper.make_tensor_value_info("seqlens_k", onnx.TensorProto.INT32, ["batch"]))
+    onnx.save(model, str(folder / "model.onnx"))
+    with pytest.raises(ModelFolderError, match=r"model\.onnx: .*needs inputs this runtime does not feed: seqlens_k"):
+        Generator.load(folder)
