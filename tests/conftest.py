@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests import xapi_fake and conftest's helpers by name
+sys.path.insert(0, str(Path(__file__).parent))  # tests import xapi_fake, helpers and conftest's helpers by name
 
+from helpers import FIXTURES, TINY_GPT2, TINY_LLAMA  # noqa: E402,F401  (tests import these from conftest too)
 from xapi_fake import FakeXApi  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TINY_GPT2 = FIXTURES / "tiny_gpt2"
-TINY_LLAMA = FIXTURES / "tiny_llama"
 
 
 @pytest.fixture(scope="session")

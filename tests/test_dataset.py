@@ -45,6 +45,7 @@ def test_balance_modes():
 
 
 def test_build_dataset_tags_balances_train_only_and_is_seeded():
+    pytest.importorskip("datasets")  # build_dataset returns a datasets.DatasetDict
     data = {"alice": texts("alice", 200), "bob": texts("bob", 20)}
     ds = build_dataset(data, DatasetOptions(tag_users=True, seed=1))
     assert set(ds) == {"train", "validation"} and ds["train"].column_names == ["text", "user"]

@@ -5,24 +5,9 @@ import pytest
 
 from tweetgen.sampling import SamplingParams
 
+from helpers import GOLDEN, PROMPT, run
+
 GREEDY = SamplingParams(temperature=0)
-PROMPT = [45, 89, 293, 364, 221, 73, 83]  # "My dream is" in the tiny tokenizer
-# Greedy continuations of PROMPT, 24 tokens; test_parity_torch.py checks them against transformers' generate().
-GOLDEN = {
-    "gpt2": [153, 153, 153, 153, 153, 205, 285, 96, 335, 186, 303, 335, 246, 112, 153, 153, 153, 153, 153, 153, 153,
-             101, 96, 112],
-    "llama": [257, 73, 263, 239, 7, 7, 7, 7, 7, 7, 7, 7, 373, 313, 334, 334, 334, 334, 334, 334, 334, 334, 334, 334],
-}
-
-
-def run(engine, prompt, n=1, max_new_tokens=24, params=GREEDY, seed=0, done=None):
-    """All rows' ids, as lists."""
-    out = [[] for _ in range(n)]
-    for rows, tokens, _ in engine.generate(prompt, n=n, max_new_tokens=max_new_tokens, params=params,
-                                        rng=np.random.default_rng(seed), done=done):
-        for row, token in zip(rows, tokens):
-            out[row].append(int(token))
-    return out
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -185,19 +185,33 @@ def texts(seed):
     return {"alice": synthetic(ROCKET, 40, seed, shouting), "bob": synthetic(COFFEE, 40, seed + 1, quiet)}
 
 
-def test_evaluate_model_end_to_end_on_tiny_gpt2(tiny):
+def test_evaluate_model_end_to_end_on_tiny_gpt2(tiny, monkeypatch):
     pytest.importorskip("sklearn")
+    from tweetgen.trainer.eval import evaluate
     from tweetgen.trainer.eval.evaluate import evaluate_model
+    from tweetgen.trainer.eval.voice import VoiceClassifier
 
+    scored = []  # the tweets evaluate_model generated, as it handed them to the voice metric
+    real_voice_scores = evaluate.voice_scores
+    monkeypatch.setattr(evaluate, "voice_scores", lambda t, h, generated: scored.append(generated) or
+                        real_voice_scores(t, h, generated))
     train, heldout = texts(10), texts(20)
     report = evaluate_model(tiny, train, heldout, samples=20, seed=0)
     data = json.loads(json.dumps(report.to_json()))
     assert data["samples"] == 20 and set(data["users"]) == {"alice", "bob"}
+    (generated,) = scored
+    assert {u: len(ts) for u, ts in generated.items()} == {"alice": 10, "bob": 10}
+    for user, tweets in generated.items():  # the very tweets whose lengths and diversity the report gives
+        assert data["users"][user]["generated"] == json.loads(json.dumps(TextStats.of(tweets).to_json()))
+    # each user's voice score is the share of the tweets generated for them that a classifier trained on the real
+    # training tweets gives to them (fitting again gives evaluate_model's classifier: the fit is deterministic)
+    expected = VoiceClassifier(train).accuracy(generated)
     for user in ("alice", "bob"):
         entry = data["users"][user]
         assert math.isfinite(entry["perplexity"]) and entry["perplexity"] > 1 and entry["perplexity_tokens"] > 0
         assert entry["memorization"]["checked"] == 10 and entry["generated"]["count"] == 10
-        assert 0 <= entry["voice_generated"] <= 1 and entry["voice_real"] > 0.9
+        assert entry["voice_generated"] == pytest.approx(expected[user]) and entry["voice_real"] > 0.9
+    assert data["voice"]["generated"] == pytest.approx((expected["alice"] + expected["bob"]) / 2)
     assert data["voice"]["chance"] == 0.5 and data["memorization"]["checked"] == 20
     assert set(data["targets"]) == {"voice", "memorization", "distinct_2"}
     assert {"generate", "perplexity", "voice", "memorization"} <= set(data["seconds"])
@@ -228,6 +242,7 @@ def test_evaluate_model_refuses_voices_without_held_out_tweets(tiny):
 def test_the_eval_stage_on_a_work_folder(tiny, tmp_path, capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("datasets")
+    pytest.importorskip("rich")  # the CLI's console
     from tweetgen.trainer.cli import main
     from tweetgen.trainer.data.dataset import save_clean
 

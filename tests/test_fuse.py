@@ -2,16 +2,18 @@
 fewer nodes, behind Optimum's interface."""
 
 import json
-from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
-from tweetgen.trainer.export.fuse import FuseError, can_fuse, fused_gpt2, fused_llama, weights_of_folder, weights_of_onnx
+from helpers import FIXTURES, GOLDEN, PROMPT
+from helpers import run as run_engine
 
-FIXTURES = Path(__file__).parent / "fixtures"
+onnx = pytest.importorskip("onnx")  # fuse.py builds its graphs with onnx's helpers
+
+from tweetgen.trainer.export.fuse import (FuseError, can_fuse, fused_gpt2, fused_llama,  # noqa: E402
+                                          weights_of_folder, weights_of_onnx)
 
 
 def run(session, ids, past, past_length, layers):
@@ -34,6 +36,8 @@ def run(session, ids, past, past_length, layers):
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
+    pytest.importorskip("torch")  # weights_of_folder reads the Hugging Face folder with transformers
+    pytest.importorskip("transformers")
     config = json.loads((FIXTURES / "tiny_gpt2_hf" / "config.json").read_text())
     path = tmp_path_factory.mktemp("fused") / "model.onnx"
     onnx.save(fused_gpt2(weights_of_folder(FIXTURES / "tiny_gpt2_hf"), config), str(path))
@@ -121,20 +125,21 @@ def engine_like(generator, **options):
                   eos_token_ids=tuple(engine.eos_token_ids.tolist()), **options)
 
 
-def test_the_runtime_decodes_the_fused_graph_like_transformers(fused_generator):
-    from test_engine import GOLDEN, PROMPT, run
-
+def test_the_runtime_decodes_the_fused_graph_like_transformers(fused_generator, gpt2):
     assert fused_generator.engine.shared_cache and fused_generator.engine.spec.fused
-    assert run(fused_generator.engine, PROMPT) == [GOLDEN["gpt2"]]
-    assert run(fused_generator.engine, PROMPT, n=3) == [GOLDEN["gpt2"]] * 3
+    assert run_engine(fused_generator.engine, PROMPT) == [GOLDEN["gpt2"]]
+    assert run_engine(fused_generator.engine, PROMPT, n=3) == [GOLDEN["gpt2"]] * 3
     assert fused_generator.engine.greedy_without_cache(PROMPT, 24) == GOLDEN["gpt2"]
-    assert fused_generator.generate("My dream is", n=2, seed=1, max_new_tokens=8)
+    # the text layer on top: the same greedy text as the unfused graph, and sampled texts that are not empty
+    options = dict(n=2, max_new_tokens=8, temperature=0)
+    greedy_texts = fused_generator.generate("My dream is", **options)
+    assert greedy_texts == gpt2.generate("My dream is", **options) and greedy_texts[0].strip()
+    sampled = fused_generator.generate("My dream is", n=2, seed=1, max_new_tokens=8)
+    assert len(sampled) == 2 and all(text.strip() for text in sampled)
 
 
 def test_the_cache_written_in_place_decodes_as_the_copied_cache(fused_generator):
     """Rows leaving the batch take their buffers with them; every path draws the same tokens."""
-    from test_engine import PROMPT, run
-
     from tweetgen.sampling import SamplingParams
 
     copied = engine_like(fused_generator, shared_cache=False)
@@ -143,9 +148,9 @@ def test_the_cache_written_in_place_decodes_as_the_copied_cache(fused_generator)
     eos = int(fused_generator.engine.eos_token_ids[0])
     early = 0
     for seed in range(12):
-        want = run(copied, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed)
-        assert run(fused_generator.engine, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
-        assert run(bound, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
+        want = run_engine(copied, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed)
+        assert run_engine(fused_generator.engine, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
+        assert run_engine(bound, PROMPT, n=6, max_new_tokens=40, params=params, seed=seed) == want
         early += sum(eos in row for row in want)
     assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
 
@@ -166,8 +171,6 @@ def test_the_top_outputs_are_each_position_s_largest_logits_in_order(graphs):
 
 
 def test_greedy_and_top_k_read_the_graph_s_best_tokens_and_draw_as_the_logits_do(fused_generator):
-    from test_engine import PROMPT, run
-
     from tweetgen.sampling import SamplingParams
 
     engine = fused_generator.engine
@@ -180,9 +183,9 @@ def test_greedy_and_top_k_read_the_graph_s_best_tokens_and_draw_as_the_logits_do
         assert engine._top_request(params) == bound._top_request(params) == (1 if params.greedy else params.top_k)
         assert logits_only._top_request(params) == 0
         for seed in range(6):
-            want = run(logits_only, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed)
-            assert run(engine, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed) == want
-            assert run(bound, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed) == want
+            want = run_engine(logits_only, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed)
+            assert run_engine(engine, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed) == want
+            assert run_engine(bound, PROMPT, n=4, max_new_tokens=30, params=params, seed=seed) == want
             early += sum(eos in row for row in want)
     assert early > 0, "no row ended early: the test did not cover rows leaving the batch"
     # a repetition penalty changes the logits before the ranking, and top_k 0 keeps every token: the logits
@@ -220,8 +223,9 @@ def llama16(tmp_path_factory):
     with the tiny Llama fixture's tokenizer."""
     import shutil
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("llama16") / "hf"
     shutil.copytree(FIXTURES / "tiny_llama_hf", folder)
@@ -233,7 +237,7 @@ def llama16(tmp_path_factory):
 
 
 def test_the_fused_llama_graph_computes_what_pytorch_does(llama16):
-    import torch
+    import torch  # llama16 skipped the test without torch and transformers
     from transformers import AutoModelForCausalLM
 
     config = json.loads((llama16 / "config.json").read_text())
@@ -255,6 +259,7 @@ def test_the_fused_llama_graph_computes_what_pytorch_does(llama16):
 
 
 def test_a_llama_export_is_fused_and_the_runtime_decodes_it_like_pytorch(llama16, tmp_path):
+    pytest.importorskip("optimum.exporters.onnx")
     from tweetgen.trainer.export.export import export_folder_info, export_model
     from tweetgen.trainer.export.parity import check_parity
 
@@ -267,4 +272,5 @@ def test_a_llama_export_is_fused_and_the_runtime_decodes_it_like_pytorch(llama16
 
     generator = Generator.load(out, device="cpu", precision="int8")
     assert generator.engine.shared_cache and generator.engine.spec.kv_heads == 2
-    assert len(generator.generate("My dream is", n=3, seed=0, max_new_tokens=10)) == 3
+    texts = generator.generate("My dream is", n=3, seed=0, max_new_tokens=10)
+    assert len(texts) == 3 and all(text.strip() for text in texts)

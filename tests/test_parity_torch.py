@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
+from helpers import GOLDEN, PROMPT
 from tweetgen import Generator, SamplingParams
-from test_engine import GOLDEN, PROMPT
 
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")

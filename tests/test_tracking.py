@@ -23,6 +23,8 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 wandb = pytest.importorskip("wandb")
+for _needed in ("transformers", "onnx", "datasets", "rich"):  # the pipeline: training, export, the CLI's console
+    pytest.importorskip(_needed)
 
 from tweetgen.errors import TweetgenError  # noqa: E402
 from tweetgen.trainer.cli import main  # noqa: E402

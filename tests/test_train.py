@@ -2,33 +2,26 @@
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from helpers import TEXTS, TINY_GPT2_HF, tiny_config
 
 pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
+pytest.importorskip("datasets")  # build_dataset and the Trainer's input
 
 from tweetgen.trainer.train.base_model import BaseModelError, load_base  # noqa: E402
-from tweetgen.trainer.train.config import TrainConfig  # noqa: E402
 from tweetgen.trainer.data.dataset import DatasetOptions, build_dataset  # noqa: E402
 from tweetgen.trainer.train.finetune import TrainError, pack, train  # noqa: E402
 
-TINY_HF = str(FIXTURES / "tiny_gpt2_hf")
-TEXTS = {"alice": [f"rockets launch today number {i} and the moon is near" for i in range(60)],
-         "bob": [f"coffee in the morning is great {i} times over" for i in range(40)]}
-
-
-def tiny_config(**changes):
-    return TrainConfig(**{"base_model": TINY_HF, "epochs": 2, "batch_size": 4, "block_size": 32,
-                          "learning_rate": 2e-3, "early_stopping": 0, **changes})
+TINY_HF = str(TINY_GPT2_HF)
 
 
 def test_pack_puts_separators_between_tweets_and_masks_the_padding():
@@ -87,21 +80,29 @@ def test_a_gguf_of_an_unsupported_architecture_is_refused(tmp_path):
         load_base(str(path))
 
 
+# A run that stops in the middle: once the Trainer has written its first checkpoint (on_save comes after the whole
+# checkpoint, trainer_state.json last), it writes that step to the pipe it was given and waits there to be killed.
 KILLABLE = """
-import sys, time
+import os, sys, threading
 from pathlib import Path
-import transformers
 from transformers import TrainerCallback
+from transformers.trainer import Trainer
 import tweetgen.trainer.train.finetune as t
 from tweetgen.trainer.data.dataset import DatasetOptions, build_dataset
-from test_train import TEXTS, tiny_config
+from helpers import TEXTS, tiny_config
 
-class Slow(TrainerCallback):
-    def on_step_end(self, args, state, control, **kw):
-        time.sleep(0.15)
+class HoldAfterTheFirstCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kw):
+        os.write(int(sys.argv[2]), f"{state.global_step}\\n".encode())
+        threading.Event().wait()  # until the test kills this process
 
-real = transformers.Trainer
-transformers.Trainer = lambda *a, **k: real(*a, **{**k, "callbacks": [*k["callbacks"], Slow()]})
+# on the class itself: importing transformers.trainer replaces the lazy `transformers` module in sys.modules, so
+# an attribute set on the module object imported here would not be the one finetune.py imports Trainer from
+real_init = Trainer.__init__
+def init(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    self.add_callback(HoldAfterTheFirstCheckpoint())
+Trainer.__init__ = init
 dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
 t.train(dataset, tiny_config(epochs=300, eval_steps=5), Path(sys.argv[1]))
 """
@@ -110,17 +111,23 @@ t.train(dataset, tiny_config(epochs=300, eval_steps=5), Path(sys.argv[1]))
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])}
-    child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(run)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((run / "checkpoints").glob("checkpoint-*/trainer_state.json")):
-        time.sleep(0.2)
-    time.sleep(0.5)  # let the checkpoint finish writing
+    saved, tell = os.pipe()
+    try:
+        child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(run), str(tell)], env=env, pass_fds=(tell,),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(tell)  # the child holds the only writing end: a child that dies early ends the read at once
+        readable, _, _ = select.select([saved], [], [], 300)
+        said = os.read(saved, 64).decode() if readable else ""
+    finally:
+        os.close(saved)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert list((run / "checkpoints").glob("checkpoint-*/trainer_state.json")) and not (run / "model").exists()
-
-    last = max(int(p.parent.name.split("-")[1]) for p in (run / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    assert said.strip().isdigit(), "the run wrote no checkpoint (it died, or took over 300 s)"
+    last = int(said)
+    assert (run / "checkpoints" / f"checkpoint-{last}" / "trainer_state.json").is_file()
+    assert not (run / "model").exists()
+    assert last == max(int(p.parent.name.split("-")[1])
+                       for p in (run / "checkpoints").glob("checkpoint-*/trainer_state.json"))
     # a kill while the Trainer was saving leaves a newer checkpoint without its trainer_state.json
     partial = run / "checkpoints" / f"checkpoint-{last + 1000}"
     partial.mkdir(exist_ok=True)

@@ -25,6 +25,7 @@ def _write(path, data: bytes):
 
 
 def run(capsys, *argv):
+    pytest.importorskip("rich")  # the command's logging and tables
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err

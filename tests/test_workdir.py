@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("datasets")
 pytest.importorskip("optimum.exporters.onnx")
 pytest.importorskip("sklearn")
+pytest.importorskip("rich")  # tweetgen.trainer.cli's console
 
 from tweetgen.trainer import workdir as workdir_module  # noqa: E402
 from tweetgen.trainer.cli import main  # noqa: E402
