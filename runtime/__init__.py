@@ -7,35 +7,32 @@ This package is the runtime (numpy, onnxruntime and tokenizers; no torch); the o
     gen.generate("My dream is", n=5, seed=0)
 """
 
-import importlib.util as _util
+import importlib as _importlib
 
-if _util.find_spec("onnxruntime") is None:
-    raise ImportError("tweetgen needs onnxruntime, which comes as an extra so that the CPU and GPU builds never sit "
-                      "side by side: pip install \"tweetgen[cpu]\" (or \"tweetgen[gpu]\" for NVIDIA GPUs)")
+from .errors import ModelFolderError, NoDefaultModelError, TweetgenError  # noqa: F401 (the public errors)
+from .version import version
 
-from .engine import Engine, GraphSpec, Step  # noqa: E402
-from .errors import ModelFolderError, NoDefaultModelError, TweetgenError  # noqa: E402
-from .folder import ModelFolder, SamplingDefaults, read_folder  # noqa: E402
-from .generator import Generator, cuda_available  # noqa: E402
-from .request import Request  # noqa: E402
-from .sampling import SamplingParams, sample  # noqa: E402
-from .version import version  # noqa: E402
-
+# The public names, each from its module. They are imported when first used (PEP 562), so that `tweetgen-run` starts
+# before onnxruntime is loaded: an interrupt during that load is then its own, handled like any other.
+_EXPORTS = {
+    "Engine": ".engine", "GraphSpec": ".engine", "Step": ".engine", "ModelFolder": ".folder",
+    "SamplingDefaults": ".folder", "read_folder": ".folder", "Generator": ".generator",
+    "cuda_available": ".generator", "Request": ".request", "SamplingParams": ".sampling", "sample": ".sampling",
+}
 __version__ = version()
-__all__ = [
-    "Engine",
-    "Generator",
-    "GraphSpec",
-    "ModelFolder",
-    "ModelFolderError",
-    "NoDefaultModelError",
-    "Request",
-    "SamplingDefaults",
-    "SamplingParams",
-    "Step",
-    "TweetgenError",
-    "__version__",
-    "cuda_available",
-    "read_folder",
-    "sample",
-]
+__all__ = sorted([*_EXPORTS, "ModelFolderError", "NoDefaultModelError", "TweetgenError", "__version__"])
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tweetgen' has no attribute {name!r}")
+    if _importlib.util.find_spec("onnxruntime") is None:
+        raise ImportError("tweetgen needs onnxruntime, which comes as an extra so that the CPU and GPU builds never "
+                          "sit side by side: pip install \"tweetgen[cpu]\" (or \"tweetgen[gpu]\" for NVIDIA GPUs)")
+    value = getattr(_importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

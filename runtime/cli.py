@@ -11,8 +11,7 @@ from pathlib import Path
 
 from .errors import NoDefaultModelError, TweetgenError
 from .version import version
-from .folder import PRECISIONS
-from .generator import DEVICES, Generator
+from .folder import DEVICES, PRECISIONS
 
 DEFAULT_MODEL_NAME = "tweety"  # exported/<this> is used when neither --model nor $TWEETGEN_MODEL says otherwise
 
@@ -102,6 +101,8 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .generator import Generator  # onnxruntime loads here, inside main's handling of Ctrl-C
+
     prompt = _read_prompt(args)
     generator = Generator.load(resolve_model(args.model), device=args.device, precision=args.precision,
                                threads=args.threads,

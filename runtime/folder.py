@@ -16,6 +16,7 @@ from .errors import ModelFolderError
 FORMAT_VERSION = 1
 VARIANTS = {"fp32": "model.onnx", "int8": "model_quantized.onnx", "fp16": "model_fp16.onnx"}
 PRECISIONS = ("auto", *VARIANTS)
+DEVICES = ("auto", "cpu", "cuda")
 # Used when generation_config.json does not say: a tweet bot samples.
 SAMPLING_FALLBACK = {"max_new_tokens": 64, "temperature": 1.0, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.0}
 # Hugging Face's own defaults for fields a saved generation_config.json leaves out because they equal them.

@@ -18,13 +18,12 @@ from .copies import FILE as COPY_INDEX_FILE
 from .copies import CopyIndex
 from .engine import MAX_SAMPLES, Engine, Step, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
-from .folder import VARIANTS, ModelFolder, read_folder
+from .folder import DEVICES, VARIANTS, ModelFolder, read_folder
 from .hugepages import AUTO_MIN_BYTES, huge_page_heap
 from .request import Request
 from .text import TweetText
 
 log = logging.getLogger(__name__)
-DEVICES = ("auto", "cpu", "cuda")
 COPY_ATTEMPTS = 5  # generate: draws in all (the first included) for a text that copies a training tweet
 MAX_THREADS = 4 * (os.cpu_count() or 1)  # more onnxruntime threads than this only fight over the cores
 

@@ -32,3 +32,32 @@ def test_cli_imports_no_heavy_module():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "HEAVY []" in result.stderr, result.stderr
+
+
+def test_the_cli_starts_before_onnxruntime_loads_so_ctrl_c_then_is_handled():
+    """tweetgen-run's module imports nothing heavy: onnxruntime loads inside main(), where an interrupt exits 130
+    instead of a traceback; `from tweetgen import Generator` still works, loading it then."""
+    code = ("import sys, tweetgen, tweetgen.cli\n"
+            "print('onnxruntime' in sys.modules, 'numpy' in sys.modules)\n"
+            "from tweetgen import Generator, Request, __version__\n"
+            "print('onnxruntime' in sys.modules, Generator.__name__, Request.__name__)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["False False", "True Generator Request"]
+
+
+def test_an_interrupt_while_the_runtime_loads_exits_130(monkeypatch, capsys):
+    import builtins
+
+    import tweetgen.cli as cli
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "generator" or name.endswith(".generator"):  # the runtime's load, as main() starts it
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert cli.main(["-m", str(TINY_GPT2), "Hi"]) == 130
+    assert "Traceback" not in capsys.readouterr().err

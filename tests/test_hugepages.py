@@ -75,7 +75,7 @@ def test_huge_pages_are_opt_in_for_a_library_and_by_size_for_the_cli(monkeypatch
     assert len(reserves) == 2
     # the CLI loads by size, and not at all with --no-huge-pages
     asked = []
-    monkeypatch.setattr(cli_module.Generator, "load", lambda *a, **k: asked.append(k["huge_pages"]) or 1 / 0)
+    monkeypatch.setattr(generator_module.Generator, "load", lambda *a, **k: asked.append(k["huge_pages"]) or 1 / 0)
     for argv in ([], ["--no-huge-pages"]):
         try:
             cli_module.run(cli_module.build_parser().parse_args(["-m", str(TINY_GPT2), *argv, "Hi"]))
