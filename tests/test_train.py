@@ -169,3 +169,32 @@ def test_the_last_step_is_evaluated_so_its_weights_are_kept(tmp_path):
     train(dataset, tiny_config(eval_steps=7, max_steps=10), tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [h["step"] for h in metrics["log_history"] if "eval_loss" in h] == [7, 10]
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_a_clear_error_and_resume_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    import transformers
+
+    dataset = build_dataset(TEXTS, DatasetOptions(tag_users=True))
+    real = transformers.Trainer._save_checkpoint
+    saves = []
+
+    def full_on_the_second(self, *args, **kwargs):
+        saves.append(self.state.global_step)
+        if len(saves) < 2:
+            return real(self, *args, **kwargs)
+        partial = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        partial.mkdir()
+        (partial / "model.safetensors").write_bytes(b"half")  # what a full disk leaves: no trainer_state.json
+        raise OSError(errno.ENOSPC, "No space left on device", str(partial / "optimizer.pt"))
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", full_on_the_second)
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match=r"disk full while writing .*optimizer\.pt.*--resume"):
+        train(dataset, tiny_config(epochs=4, eval_steps=5), run)
+    first = run / "checkpoints" / f"checkpoint-{saves[0]}"
+    assert (first / "trainer_state.json").is_file() and not (run / "model").exists()
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", real)  # space freed
+    result = train(dataset, tiny_config(epochs=4, eval_steps=5), run, resume=True)
+    assert (run / "model" / "config.json").is_file() and result.steps > saves[0]

@@ -13,6 +13,7 @@ Layout of a run folder:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -111,7 +112,10 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
         trainer.add_callback(EarlyStoppingCallback(config.early_stopping))
     resumed_at = _last_checkpoint_epoch(checkpoints) if resume else 0.0
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(_complete_checkpoint(checkpoints)) if resume else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(_complete_checkpoint(checkpoints)) if resume else None)
+    except OSError as exc:
+        raise _write_error(exc, checkpoints) from None
     wall = time.perf_counter() - started
     # The weights now loaded are the best checkpoint's, whose validation loss the run already measured.
     best = trainer.state.best_metric
@@ -125,8 +129,20 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
         epochs=epochs,
         steps=int(output.global_step), separator=separator)
     if trainer.is_world_process_zero():
-        _save_outputs(trainer, tokenizer, config, result, run_dir)
+        try:
+            _save_outputs(trainer, tokenizer, config, result, run_dir)
+        except OSError as exc:
+            raise _write_error(exc, run_dir) from None
     return result
+
+
+def _write_error(exc: OSError, where: Path) -> TrainError:
+    """A failed write during training, said plainly; the last complete checkpoint stays, and --resume goes on."""
+    path = exc.filename or where
+    if exc.errno == errno.ENOSPC:
+        return TrainError(f"disk full while writing {path}: free some space, then run the same command with --resume "
+                          "(the last complete checkpoint is kept; a half-written one is set aside)")
+    return TrainError(f"cannot write {path}: {exc.strerror or exc}; fix that, then run the same command with --resume")
 
 
 def _check_data(dataset, config: TrainConfig) -> None:
