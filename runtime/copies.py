@@ -7,7 +7,7 @@ about 4 bytes per distinct window (1M windows for 150k tweets: 4 MB), and no twe
 32-bit key matches a window it was not made from with odds of (windows / 2**32) per window looked up: for 1M windows
 and a 30-word tweet, about 0.5%, and such a tweet is only drawn again.
 
-The trainer's memorization measure (trainer.memorization) uses the same words and hashes.
+The trainer's memorization measure (tweetgen.trainer.eval.memorization) uses the same words and hashes.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
 
 
 def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampling defaults given on the command line, checked (runtime.sampling's rules)."""
+    """The sampling defaults given on the command line, checked (tweetgen.sampling's rules)."""
     from tweetgen.sampling import SamplingParams
 
     given = {key: getattr(args, key) for key in ("temperature", "top_k", "top_p", "repetition_penalty")

@@ -2,9 +2,9 @@
 
 `evaluate_model` generates `samples` tweets (spread over the voices of a multi-user model) and measures:
   - held-out perplexity per user (tweets the model never saw, scored the way training saw them);
-  - voice: an author classifier trained on the real training tweets (trainer.voice), its accuracy on the tweets
+  - voice: an author classifier trained on the real training tweets (tweetgen.trainer.eval.voice), its accuracy on the tweets
     generated for each user beside its accuracy on real held-out tweets (ceiling) and chance (floor);
-  - memorization: the share of generated tweets that copy a training tweet (trainer.memorization);
+  - memorization: the share of generated tweets that copy a training tweet (tweetgen.trainer.eval.memorization);
   - diversity (distinct-1/2) and lengths, generated against a same-size sample of real held-out tweets.
 Targets (the issue's): voice at least half the way from chance to the ceiling, memorization under 2%, distinct-2 at
 least 80% of the real tweets'.

@@ -58,9 +58,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         fp32: keep model.onnx in the folder (False: it is made and used for every check, then left out, e.g. to keep
             a model folder small; needs int8 or fp16).
         int8_method: None picks the int8 kind: "per_tensor" when eval_texts show it within INT8_TOLERANCE of fp32,
-            else "blockwise"; or force one of trainer.quantize.INT8_METHODS (no perplexity check without eval_texts).
+            else "blockwise"; or force one of tweetgen.trainer.export.quantize.INT8_METHODS (no perplexity check without eval_texts).
         copy_texts: the training tweets: their 8-word windows are indexed into copies.bin, with which the runtime
-            draws again any text that copies one (runtime.copies). None: no index.
+            draws again any text that copies one (tweetgen.copies). None: no index.
         fuse: build a GPT-2 or Llama graph straight from the weights with onnxruntime's fused operators
             (tweetgen.trainer.export.fuse: Optimum's interface, which Optimum loads too); other architectures get
             Optimum's export. False takes Optimum's export for all.

@@ -72,7 +72,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
             del model
             quantize_dynamic(prepared, out_path, op_types_to_quantize=["MatMul", "Gather"], per_channel=False,
                              weight_type=QuantType.QInt8, use_external_data_format=large,
-                             # shape inference cannot type the outputs of onnxruntime's fused ops (trainer.fuse)
+                             # shape inference cannot type the outputs of onnxruntime's fused ops (export.fuse)
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     interface = _output_shapes(onnx.load(str(fp32_path), load_external_data=False))
     quantized = onnx.load(str(out_path))

@@ -15,14 +15,13 @@ class ExportReport:
     files: dict[str, int]  # ONNX file -> bytes
     parity_prompts: int  # prompts whose greedy ids were compared with PyTorch's (all equal, or export fails)
     max_logit_diff: float  # max |logit| difference, ONNX fp32 vs PyTorch, on one prompt
-    graph: str = "optimum"  # "fused": GPT-2 rebuilt with onnxruntime's fused operators (trainer.fuse); "optimum"
+    graph: str = "optimum"  # "fused": built from the weights with onnxruntime's fused operators (export.fuse); "optimum"
     int8_linear_layers: int | None = None  # quantized linear layers in model_quantized.onnx; None: no int8
-    int8_method: str = "blockwise"  # the kind of int8 kept (trainer.quantize.INT8_METHODS)
+    int8_method: str = "blockwise"  # the kind of int8 kept (tweetgen.trainer.export.quantize.INT8_METHODS)
     perplexity_fp32: float | None = None  # on eval_texts; None when none were given
     perplexity_int8: float | None = None
     eval_tokens: int | None = None  # tokens scored for the perplexities
     fp16_max_logit_diff: float | None = None  # fp16 vs fp32 on CPU; None when not run
-    screen_candidates: int | None = None  # the fp32 output layer's screen (trainer.screen); None: not screened
     copy_index_windows: int | None = None  # 8-word windows of the training tweets in copies.bin; None: no index
     seconds: float = 0.0  # wall time of the whole export
     warnings: tuple[str, ...] = ()
@@ -45,6 +44,5 @@ class ExportReport:
         return {"files": dict(self.files), "graph": self.graph, "greedy_parity": {"prompts": self.parity_prompts, "equal": True},
                 "max_logit_diff": self.max_logit_diff, "int8": int8,
                 "fp16": {"max_logit_diff_vs_fp32": self.fp16_max_logit_diff} if "model_fp16.onnx" in self.files
-                else None, "screen": {"candidates": self.screen_candidates} if self.screen_candidates else None,
-                "copy_index_windows": self.copy_index_windows, "seconds": round(self.seconds, 1),
+                else None, "copy_index_windows": self.copy_index_windows, "seconds": round(self.seconds, 1),
                 "warnings": list(self.warnings)}

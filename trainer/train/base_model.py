@@ -19,7 +19,7 @@ class BaseModelError(TweetgenError):
 def load_base(name: str, texts: list[str] | None = None):
     """Load (model, tokenizer) for fine-tuning. Raises BaseModelError with what was found and what is allowed.
 
-    `scratch:KEY=VALUE,...` makes a new GPT-2 instead, its tokenizer trained on `texts` (see trainer.scratch).
+    `scratch:KEY=VALUE,...` makes a new GPT-2 instead, its tokenizer trained on `texts` (see tweetgen.trainer.train.scratch).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

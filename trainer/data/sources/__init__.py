@@ -1,1 +1,1 @@
-"""Where tweets come from: X archives, the X API v2, and plain files; each gives `trainer.records.Tweet` records."""
+"""Where tweets come from: X archives, the X API v2, and plain files; each gives `tweetgen.trainer.data.records.Tweet` records."""
