@@ -15,3 +15,6 @@ TOP_IDS = "top_ids"  # output (B, positions, top_k) int64: their token ids (equa
 # may be bound as both past and present, and the graph writes each step's keys and values into it in place.
 FUSED_METADATA = "tweetgen.fused_graph"
 CONTRACT_VERSION = 1
+# Model metadata of a fused graph: how many positions its position table (GPT-2) or rotary tables (Llama) hold; the
+# runtime refuses a config.json whose context is longer.
+POSITIONS_METADATA = "tweetgen.positions"

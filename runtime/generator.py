@@ -106,6 +106,10 @@ class Generator:
         if spec.vocab_size is not None and vocab > spec.vocab_size:
             raise ModelFolderError(f"{folder.path}: tokenizer.json has {vocab} tokens but {model_path.name} scores "
                                    f"only {spec.vocab_size}: they are not the same model's")
+        if spec.positions is not None and folder.context_length > spec.positions:
+            raise ModelFolderError(f"{folder.path}: config.json gives a context of {folder.context_length} tokens "
+                                   f"but {model_path.name} holds only {spec.positions} positions: they are not the "
+                                   "same model's")
         engine = Engine(session, spec, context_length=folder.context_length, eos_token_ids=eos, device=device)
         log.info("loaded %s on %s", model_path, device)
         return cls(folder, engine, tokenizer, model_path, _read_copy_index(folder.path))

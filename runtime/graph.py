@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .contract import ATTENTION_MASK, FUSED_METADATA, LOGITS_START, TOP_IDS, TOP_K, TOP_LOGITS
+from .contract import ATTENTION_MASK, FUSED_METADATA, LOGITS_START, POSITIONS_METADATA, TOP_IDS, TOP_K, TOP_LOGITS
 from .errors import ModelFolderError
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -31,6 +31,7 @@ class GraphSpec:
     vocab_size: int | None = None  # the logits' last dimension, when the graph fixes it
     has_logits_start: bool = False  # input logits_start: logits only from this position on (contract)
     has_top_k: bool = False  # input top_k, outputs top_logits and top_ids: each row's best tokens (contract)
+    positions: int | None = None  # the positions the graph's tables hold, when its metadata says (contract)
 
     @property
     def layers(self) -> int:
@@ -90,16 +91,19 @@ def read_graph_spec(session: ort.InferenceSession, config: dict) -> GraphSpec:
     kv_heads = first.shape[1] if isinstance(first.shape[1], int) else heads
     head_dim = first.shape[3] if isinstance(first.shape[3], int) else config.get("head_dim") or hidden // (
         config.get("n_head") or config.get("num_attention_heads"))
+    metadata = session.get_modelmeta().custom_metadata_map
+    positions = metadata.get(POSITIONS_METADATA, "")
     if first.type not in _DTYPES:
         raise ModelFolderError(f"KV cache of type {first.type} is not supported; allowed: {', '.join(_DTYPES)}")
     return GraphSpec(
         past_names=tuple(p[2] for p in past), present_names=tuple(p[2] for p in present),
         has_attention_mask=ATTENTION_MASK in inputs, has_position_ids="position_ids" in inputs,
         kv_heads=int(kv_heads), head_dim=int(head_dim), cache_dtype=_DTYPES[first.type],
-        fused=FUSED_METADATA in session.get_modelmeta().custom_metadata_map and ATTENTION_MASK in inputs,
+        fused=FUSED_METADATA in metadata and ATTENTION_MASK in inputs,
         has_logits_start=LOGITS_START in inputs,
         has_top_k=TOP_K in inputs and TOP_LOGITS in outputs and TOP_IDS in outputs,
-        vocab_size=vocab if isinstance(vocab := logits_shape[-1], int) else None)
+        vocab_size=vocab if isinstance(vocab := logits_shape[-1], int) else None,
+        positions=int(positions) if positions.isdigit() else None)
 
 
 def feeds_for(spec: GraphSpec, ids: np.ndarray, past_length: int) -> dict[str, np.ndarray]:

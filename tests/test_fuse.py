@@ -274,3 +274,22 @@ def test_a_llama_export_is_fused_and_the_runtime_decodes_it_like_pytorch(llama16
     assert generator.engine.shared_cache and generator.engine.spec.kv_heads == 2
     texts = generator.generate("My dream is", n=3, seed=0, max_new_tokens=10)
     assert len(texts) == 3 and all(text.strip() for text in texts)
+
+
+def test_a_config_with_a_longer_context_than_the_graph_is_refused_with_both_numbers(graphs, tmp_path):
+    import shutil
+
+    from tweetgen import Generator, ModelFolderError
+    from tweetgen.contract import POSITIONS_METADATA
+
+    config, path, sessions = graphs
+    assert sessions[1].get_modelmeta().custom_metadata_map[POSITIONS_METADATA] == str(config["n_positions"])
+    folder = tmp_path / "tiny"
+    shutil.copytree(FIXTURES / "tiny_gpt2", folder)
+    shutil.copy(path, folder / "model.onnx")
+    assert Generator.load(folder, device="cpu").engine.spec.positions == config["n_positions"]
+    longer = dict(json.loads((folder / "config.json").read_text()), n_positions=config["n_positions"] * 4)
+    (folder / "config.json").write_text(json.dumps(longer))
+    with pytest.raises(ModelFolderError, match=f"context of {config['n_positions'] * 4} tokens but model.onnx holds "
+                                               f"only {config['n_positions']} positions"):
+        Generator.load(folder, device="cpu")

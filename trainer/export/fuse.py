@@ -37,8 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tweetgen.contract import (ATTENTION_MASK, CONTRACT_VERSION, FUSED_METADATA, LOGITS_START, TOP_IDS, TOP_K,
-                               TOP_LOGITS)
+from tweetgen.contract import (ATTENTION_MASK, CONTRACT_VERSION, FUSED_METADATA, LOGITS_START, POSITIONS_METADATA,
+                               TOP_IDS, TOP_K, TOP_LOGITS)
 
 OPSET = 17  # LayerNormalization is opset 17
 MS_DOMAIN = "com.microsoft"
@@ -104,7 +104,8 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
 
     tokens = graph.node("Gather", [graph.const("transformer.wte.weight", weight("transformer.wte.weight")),
                                    "input_ids"])
-    positions = graph.node("Gather", [graph.const("transformer.wpe.weight", weight("transformer.wpe.weight")),
+    position_table = weight("transformer.wpe.weight")
+    positions = graph.node("Gather", [graph.const("transformer.wpe.weight", position_table),
                                       "position_ids"])
     hidden = graph.node("Add", [tokens, positions])
     for i in range(layers):
@@ -126,7 +127,7 @@ def fused_gpt2(weights: dict[str, np.ndarray], config: dict[str, Any], source: s
                              "transformer.ln_f", epsilon)
     # the output layer shares GPT-2's token embedding
     graph.logits_and_cache_outputs(final, weight("transformer.wte.weight"), layers, heads, width // heads)
-    return graph.model("tweetgen_gpt2")
+    return graph.model("tweetgen_gpt2", position_table.shape[0])
 
 
 LLAMA_ACTIVATIONS = ("silu",)
@@ -208,7 +209,7 @@ def fused_llama(weights: dict[str, np.ndarray], config: dict[str, Any], source: 
     final = graph.rms_norm(hidden, weight("model.norm.weight"), "model.norm", epsilon)
     head = weights.get("lm_head.weight", embedding)  # a tied model's state dict holds the embedding under both names
     graph.logits_and_cache_outputs(final, head.astype(np.float32, copy=False), layers, kv_heads, head_dim)
-    return graph.model("tweetgen_llama")
+    return graph.model("tweetgen_llama", positions)
 
 
 class _Graph:
@@ -292,13 +293,13 @@ class _Graph:
         return self.node("SimplifiedLayerNormalization", [x, self.const(name + ".weight", scale)], axis=-1,
                          epsilon=epsilon)
 
-    def model(self, name: str) -> onnx.ModelProto:
+    def model(self, name: str, positions: int) -> onnx.ModelProto:
         model = helper.make_model(
             helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers),
             opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
             producer_name="tweetgen")
         model.ir_version = 8
-        helper.set_model_props(model, {FUSED_METADATA: str(CONTRACT_VERSION)})
+        helper.set_model_props(model, {FUSED_METADATA: str(CONTRACT_VERSION), POSITIONS_METADATA: str(positions)})
         return model
 
     def linear(self, x: str, weight, prefix: str) -> str:
