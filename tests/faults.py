@@ -140,6 +140,13 @@ def data_cases(tmp: Path) -> dict[str, dict]:
     data[60:90] = b"\x00" * 30
     (tmp / "damaged.zip").write_bytes(bytes(data))
     cases["archive: damaged compressed data"] = clean("--archive", str(tmp / "damaged.zip"), work="w-zip")
+    with zipfile.ZipFile(tmp / "damaged-deflated.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data/tweets.js", "window.YTD.tweets.part0 = " + json.dumps(
+            [{"tweet": {"id_str": str(i), "full_text": t * 20}} for i, t in enumerate(lines)]))
+    data = bytearray((tmp / "damaged-deflated.zip").read_bytes())
+    data[80:120] = b"\x00" * 40
+    (tmp / "damaged-deflated.zip").write_bytes(bytes(data))
+    cases["archive: damaged deflated data"] = clean("--archive", str(tmp / "damaged-deflated.zip"), work="w-zip2")
     (tmp / "arch" / "data").mkdir(parents=True)
     (tmp / "arch" / "data" / "account.js").write_text('window.YTD.account.part0 = [{"account": [1, 2]}]')
     (tmp / "arch" / "data" / "manifest.js").write_text('window.__THAR_CONFIG = {"dataTypes": "odd"}')
@@ -154,6 +161,9 @@ def data_cases(tmp: Path) -> dict[str, dict]:
     (tmp / "w-src" / "raw" / "sources.json").write_text("[not json")
     (tmp / "ok.txt").write_text("\n".join(lines) + "\n")
     cases["workdir: corrupt sources.json"] = clean("--file", str(tmp / "ok.txt"), work="w-src")
+    (tmp / "w-src2" / "raw").mkdir(parents=True)
+    (tmp / "w-src2" / "raw" / "sources.json").write_text("[1, 2]")
+    cases["workdir: sources.json a list"] = clean("--file", str(tmp / "ok.txt"), work="w-src2")
     return cases
 
 

@@ -152,3 +152,41 @@ def test_odd_but_valid_looking_account_and_manifest_files_are_read_around(tmp_pa
         [{"tweet": {"id_str": str(i), "full_text": t}} for i, t in enumerate(LINES)]))
     user, tweets = read_archive(tmp_path / "arch")
     assert user == "arch" and len(tweets) == len(LINES)
+
+
+def test_an_archive_with_damaged_compressed_data_is_a_clear_error(tmp_path):
+    import zipfile
+
+    from tweetgen.trainer.data.sources.archive import read_archive
+
+    path = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data/tweets.js", "window.YTD.tweets.part0 = " + json.dumps(
+            [{"tweet": {"id_str": str(i), "full_text": t * 20}} for i, t in enumerate(LINES)]))
+    data = bytearray(path.read_bytes())
+    data[80:120] = b"\x00" * 40  # inside the deflated tweets.js
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="damaged.zip"):
+        read_archive(path)
+
+
+def test_a_tweets_file_that_is_a_symlink_is_read_through_it(tmp_path):
+    real = tmp_path / "real.txt"
+    real.write_text("\n".join(LINES) + "\n")
+    (tmp_path / "link.txt").symlink_to(real)
+    assert [t.text for tweets in read_file(tmp_path / "link.txt").values() for t in tweets] == LINES
+
+
+@pytest.mark.parametrize("index", ["[not json", "[1, 2]", "\udcff"])
+def test_a_corrupt_sources_index_costs_a_re_read_and_loses_nothing(tmp_path, index):
+    source = tmp_path / "tweets.txt"
+    source.write_text("\n".join(LINES) + "\n")
+    work = tmp_path / "work"
+    (work / "raw").mkdir(parents=True)
+    (work / "raw" / "sources.json").write_bytes(index.encode("utf-8", "surrogateescape"))
+    result = subprocess.run([sys.executable, "-m", "tweetgen.trainer.cli", "clean", "--file", str(source),
+                             "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    cleaned = (work / "clean" / "tweets.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["text"] for line in cleaned) == sorted(LINES)
+    assert isinstance(json.loads((work / "raw" / "sources.json").read_text()), dict)  # rewritten whole

@@ -86,9 +86,10 @@ def load_index(workdir: Path) -> dict[str, list[str]]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}  # a damaged index only costs a re-read of the sources
+    return index if isinstance(index, dict) else {}
 
 
 def record_source(workdir: Path, fingerprint: str, users: list[str]) -> None:

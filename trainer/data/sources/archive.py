@@ -14,6 +14,7 @@ import posixpath
 import re
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,9 @@ class _Tree:
                     if total > self.limit or total > MAX_RATIO * max(member.compress_size, _CHUNK):
                         raise ArchiveError(f"{where}: unpacks past its declared size: refusing it (a zip bomb?)")
                     chunks.append(chunk)
-        except (zipfile.BadZipFile, RuntimeError, OSError, EOFError) as e:
-            raise ArchiveError(f"{where}: cannot be read from the zip ({e})") from None
+        except (zipfile.BadZipFile, zlib.error, RuntimeError, OSError, EOFError) as e:  # zlib.error: damaged data
+            raise ArchiveError(f"{where}: cannot be read from the zip, it is damaged ({e}); download the archive "
+                               "again") from None
         return b"".join(chunks)
 
     def find(self, basename: str) -> str | None:
