@@ -14,7 +14,7 @@ from typing import Any
 from .errors import ModelFolderError
 
 FORMAT_VERSION = 1
-VARIANTS = {"fp32": "model.onnx", "int8": "model_quantized.onnx", "fp16": "model_fp16.onnx"}
+VARIANTS = {"fp32": "model.onnx", "int8": "model_quantized.onnx", "fp16": "model_fp16.onnx", "int4": "model_q4.onnx"}
 PRECISIONS = ("auto", *VARIANTS)
 DEVICES = ("auto", "cpu", "cuda")
 # Used when generation_config.json does not say: a tweet bot samples.
@@ -53,7 +53,7 @@ class ModelFolder:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "auto":  # the first of these the folder has (read_folder made sure it has one)
-            order = ("fp16", "fp32", "int8") if device == "cuda" else ("int8", "fp32", "fp16")
+            order = ("fp16", "fp32", "int8", "int4") if device == "cuda" else ("int8", "int4", "fp32", "fp16")
             return next((self.path / VARIANTS[p] for p in order if (self.path / VARIANTS[p]).is_file()),
                         self.path / VARIANTS["fp32"])
         path = self.path / VARIANTS[precision]

@@ -437,3 +437,38 @@ def test_the_embedding_table_is_stored_int8_per_row_within_half_a_step(exported,
     error = np.abs(table.astype(np.float32) * scale - fp32[name]).max(axis=1)
     assert (error <= scale[:, 0] / 2 + 1e-7).all()
     assert (np.abs(table).max(axis=1) == 127).all()  # each row uses its whole range
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_int4_variant_has_4_bit_layers_an_8_bit_head_and_generates(tmp_path, arch):
+    from tweetgen.trainer.export.quantize import output_layer, prepare_for_quantization
+
+    out = tmp_path / arch
+    report = export_model(FIXTURES / f"tiny_{arch}_hf", out, info=make_info(), eval_texts=EVAL_TEXTS, fp16=False,
+                          int4=True)
+    fp32 = onnx.load(str(out / "model.onnx"))
+    prepare_for_quantization(fp32)  # a tied output layer reads Transpose(embedding), folded into a constant here
+    head = output_layer(fp32.graph)
+    assert head is not None
+    model = onnx.load(str(out / "model_q4.onnx"))
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
+            for n in model.graph.node if n.op_type == "MatMulNBits"}
+    assert len(bits) == report.int4_linear_layers == report.int8_linear_layers
+    assert bits.pop(f"{head}_Q8") == 8 and set(bits.values()) == {4}
+    weights = {init.name for init in model.graph.initializer}
+    assert not [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert report.perplexity_int4 > 0 and report.int4_relative_diff == pytest.approx(
+        report.perplexity_int4 / report.perplexity_fp32 - 1)
+    info = json.loads((out / "tweetgen.json").read_text())
+    assert info["export"]["int4"]["perplexity_int4"] == report.perplexity_int4
+    assert "perplexity of the 4-bit variant" in (out / "README.md").read_text()
+    packed = {i.name: i for i in model.graph.initializer}
+    for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        attrs = {a.name: a.i for a in node.attribute}
+        blocks = -(-attrs["K"] // attrs["block_size"])
+        assert np.prod(packed[node.input[1]].dims) == attrs["N"] * blocks * attrs["block_size"] * attrs["bits"] // 8
+    generator = Generator.load(out, device="cpu", precision="int4")
+    assert generator.model_path.name == "model_q4.onnx"
+    texts = generator.generate("My dream is", n=2, seed=0, max_new_tokens=8, user="bob")
+    assert len(texts) == 2 and all(isinstance(t, str) and t.strip() for t in texts)
+    assert Generator.load(out, device="cpu").model_path.name == "model_quantized.onnx"  # auto: int8 first

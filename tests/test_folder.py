@@ -78,7 +78,9 @@ def test_precision_picks_the_variant(copy):
     shutil.copy(folder / "model.onnx", folder / "model_quantized.onnx")
     assert Generator.load(folder, precision="auto", device="cpu").model_path.name == "model_quantized.onnx"
     assert Generator.load(folder, precision="fp32").model_path.name == "model.onnx"
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, int8, fp16, int4, not 'int3'"):
+        Generator.load(folder, precision="int3")
+    with pytest.raises(ModelFolderError, match="no model_q4.onnx for precision 'int4'"):
         Generator.load(folder, precision="int4")
     (folder / "model.onnx").unlink()  # an int8-only folder (export --no-fp32 --no-fp16), on any device
     assert read_folder(folder).variant_path("auto", "cuda").name == "model_quantized.onnx"

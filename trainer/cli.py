@@ -121,7 +121,7 @@ def run_export(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     from tweetgen.trainer.export.export import export_folder_info, export_model
     from tweetgen.trainer.pipeline import export_stage
 
-    variants = dict(int8=not args.no_int8, fp16=not args.no_fp16, fp32=not args.no_fp32)
+    variants = dict(int8=not args.no_int8, fp16=not args.no_fp16, fp32=not args.no_fp32, int4=args.int4)
     sampling = sampling_defaults(args)
     with console.status("Exporting to ONNX, checking against PyTorch, making the variants..."):
         if getattr(args, "model", None) is not None:

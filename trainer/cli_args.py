@@ -171,6 +171,8 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, metavar="DIR", help="the model folder to write (default: exported/NAME)")
     parser.add_argument("--no-int8", action="store_true", help="skip model_quantized.onnx (int8, for CPUs)")
     parser.add_argument("--no-fp16", action="store_true", help="skip model_fp16.onnx (for GPUs)")
+    parser.add_argument("--int4", action="store_true",
+                        help="also write model_q4.onnx (4-bit linear layers; tweetgen-run --precision int4)")
     parser.add_argument("--no-fp32", action="store_true",
                         help="leave model.onnx out of the folder once every check has used it (a smaller folder)")
     group = parser.add_argument_group("the model's sampling defaults (generation_config.json; tweetgen-run's -t -k -p "

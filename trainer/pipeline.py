@@ -61,7 +61,7 @@ def export_info(work: WorkDir, name: str):
 
 
 def export_stage(workdir: str | Path | WorkDir, name: str, out: Path, *, int8: bool = True, fp16: bool = True,
-                 fp32: bool = True, copy_index: bool = True, sampling: dict | None = None):
+                 fp32: bool = True, copy_index: bool = True, sampling: dict | None = None, int4: bool = False):
     """Export the finished run `runs/<name>/model` of the work folder to `out`; returns the ExportReport.
 
     copy_index: ship copies.bin, the index of the training tweets' 8-word windows (tweetgen.copies).
@@ -76,7 +76,7 @@ def export_stage(workdir: str | Path | WorkDir, name: str, out: Path, *, int8: b
     info.sampling.update(sampling or {})
     return export_model(work.run_dir(name) / "model", out, info=info,
                         eval_texts=split.tagged(split.validation_rows)[:VALIDATION_CHECK_TEXTS],
-                        int8=int8, fp16=fp16, fp32=fp32, copy_texts=copy_texts,
+                        int8=int8, fp16=fp16, fp32=fp32, int4=int4, copy_texts=copy_texts,
                         loss_curve=work.run_dir(name) / "loss.png")
 
 

@@ -16,6 +16,7 @@ STAT_COLUMNS = ("downloaded", "retweets", "short", "duplicates", "kept")  # the 
 OPTIONAL_STAT_COLUMNS = ("replies",)  # shown only when some user has them
 VARIANT_ROLES = {"model.onnx": "fp32, any device; what Optimum loads by default",
                  "model_quantized.onnx": "int8, CPU (tweetgen's default there)",
+                 "model_q4.onnx": "4-bit linear layers, CPU (--precision int4)",
                  "model_fp16.onnx": "fp16, CUDA (tweetgen's default there)"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # a Hugging Face model id: name or owner/name
 UNKNOWN_LICENSE = "LICENSE"  # the file an export writes when the base model's license is not known
@@ -177,6 +178,10 @@ def _export_section(export: dict[str, Any]) -> str:
     if int8.get("perplexity_fp32") is not None:
         lines.append(f"- Held-out perplexity: fp32 {int8['perplexity_fp32']:.3f}, int8 {int8['perplexity_int8']:.3f} "
                      f"({int8['relative_diff']:+.2%}, over {int8['tokens']:,} tokens).")
+    int4 = export.get("int4") or {}
+    if int4.get("perplexity_int4") is not None:
+        lines.append(f"- Held-out perplexity of the 4-bit variant: {int4['perplexity_int4']:.3f} against fp32's "
+                     f"{int4['perplexity_fp32']:.3f} ({int4['relative_diff']:+.2%}).")
     return "\n".join(lines)
 
 

@@ -23,7 +23,8 @@ from tweetgen.errors import TweetgenError
 from tweetgen.trainer.export import swap
 from tweetgen.trainer.export.card import UNKNOWN_LICENSE, render_card
 from tweetgen.trainer.export.fuse import can_fuse, fused_graph, weights_of_folder
-from tweetgen.trainer.export.quantize import INT8_METHODS, PROTOBUF_LIMIT, convert_fp16, quantize_int8, save_onnx
+from tweetgen.trainer.export.quantize import (INT8_METHODS, PROTOBUF_LIMIT, convert_fp16, quantize_int4, quantize_int8,
+                                              save_onnx)
 from tweetgen.trainer.export.info import (ExportError, ExportInfo, check_causal_lm, export_folder_info,
                                           write_folder_info, write_tokenizer_files)
 from tweetgen.trainer.export.report import ExportReport
@@ -36,17 +37,18 @@ KEEP_FILES = ("model.onnx", COPY_INDEX_FILE, "tokenizer.json", "config.json", "g
               "tweetgen.json", "README.md", LOSS_CURVE, UNKNOWN_LICENSE,
               # not read by tweetgen, but AutoTokenizer needs them to rebuild the right tokenizer for Optimum users
               "tokenizer_config.json", "special_tokens_map.json")
-VARIANT_FILES = ("model.onnx", "model_quantized.onnx", "model_fp16.onnx")
+VARIANT_FILES = ("model.onnx", "model_quantized.onnx", "model_fp16.onnx", "model_q4.onnx")
 REPLACEABLE_MARKERS = ("tweetgen.json", "model.onnx")  # an existing out_dir holding one of these may be replaced
 INT8_TOLERANCE = 0.03  # int8 perplexity may exceed fp32's by this fraction before the report warns
+INT4_TOLERANCE = 0.05  # the same for int4
 FP16_TOLERANCE = 1.0  # max |logit| difference fp16 vs fp32 (on CPU) before the report warns
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo, eval_texts: list[str] | None = None,
                  int8: bool = True, fp16: bool = True, fp32: bool = True, fuse: bool = True,
                  copy_texts: list[str] | None = None, int8_method: str | None = None, max_new_tokens: int = 16,
-                 loss_curve: str | Path | None = None, progress: Callable[[str], None] | None = None
-                 ) -> ExportReport:
+                 loss_curve: str | Path | None = None, progress: Callable[[str], None] | None = None,
+                 int4: bool = False) -> ExportReport:
     """Export a Hugging Face causal LM folder to a tweetgen model folder, check it, and move it into place.
 
     Args:
@@ -55,6 +57,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         info: names, users, prompt start, training details and sampling defaults to record.
         eval_texts: held-out texts (tweets) on which fp32 and int8 perplexities are compared; None skips it.
         int8, fp16: write model_quantized.onnx (CPU) and model_fp16.onnx (CUDA).
+        int4: write model_q4.onnx too (4-bit linear layers, quantize.quantize_int4), its perplexity against fp32's
+            measured on eval_texts.
         fp32: keep model.onnx in the folder (False: it is made and used for every check, then left out, e.g. to keep
             a model folder small; needs int8 or fp16).
         int8_method: None picks the int8 kind: "per_tensor" when eval_texts show it within INT8_TOLERANCE of fp32,
@@ -78,8 +82,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
     model_dir, out_dir = Path(model_dir).expanduser(), Path(out_dir).expanduser()
     if not model_dir.is_dir():
         raise ExportError(f"model folder {str(model_dir)!r} does not exist or is not a folder")
-    if not (fp32 or int8 or fp16):
-        raise ExportError("the folder would hold no model: keep fp32, or make int8 or fp16")
+    if not (fp32 or int8 or fp16 or int4):
+        raise ExportError("the folder would hold no model: keep fp32, or make int8, int4 or fp16")
     if int8_method is not None and int8_method not in INT8_METHODS:
         raise ValueError(f"int8_method must be None or one of {', '.join(INT8_METHODS)}, not {int8_method!r}")
     config = check_causal_lm(model_dir)
@@ -91,6 +95,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, *, info: ExportInfo
         progress = progress or _log_step
         report = _build(model_dir, config, tmp, info, eval_texts, int8 and (int8_method or "auto"), fp16, fuse,
                         max_new_tokens, progress)
+        if int4:
+            progress("quantizing to 4 bits")
+            report = _add_int4(tmp, report, eval_texts)
         if copy_texts is not None:
             progress("indexing the training tweets' 8-word windows")
             index = CopyIndex.of_texts(copy_texts)
@@ -216,6 +223,25 @@ def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None, met
                f"{fp32.perplexity:.3f} (tolerance {INT8_TOLERANCE:.0%}); run with precision='fp32' if it matters")
     log.warning(message)
     return _replace(report, warnings=(*report.warnings, message))
+
+
+def _add_int4(tmp: Path, report: ExportReport, eval_texts: list[str] | None) -> ExportReport:
+    """The 4-bit variant, and (with held-out texts) its perplexity against fp32's."""
+    from tweetgen.trainer.eval.perplexity import perplexity
+
+    path = tmp / "model_q4.onnx"
+    report = _replace(report, int4_linear_layers=quantize_int4(tmp / "model.onnx", path))
+    if not eval_texts:
+        return report
+    fp32 = report.perplexity_fp32 or perplexity(tmp / "model.onnx", eval_texts).perplexity
+    quantized = perplexity(path, eval_texts)
+    report = _replace(report, perplexity_fp32=fp32, perplexity_int4=quantized.perplexity, eval_tokens=quantized.tokens)
+    if report.int4_relative_diff > INT4_TOLERANCE:
+        message = (f"int4 perplexity {quantized.perplexity:.3f} is {report.int4_relative_diff:.1%} above fp32's "
+                   f"{fp32:.3f} (tolerance {INT4_TOLERANCE:.0%}); prefer int8")
+        log.warning(message)
+        report = _replace(report, warnings=(*report.warnings, message))
+    return report
 
 
 def _check_fp16_on_cpu(tmp: Path, report: ExportReport, max_logit_diff: Callable[..., float]) -> ExportReport:

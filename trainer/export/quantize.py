@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PROTOBUF_LIMIT = 2**31 - 2**24  # bytes; above this (with some margin) a model must keep its weights outside the .onnx
 INT8_BLOCK = 32  # weights per scale along a linear layer's input dimension
 EXTERNAL_DATA_BYTES = 64 * 2**20  # an int8 model above this keeps its weights in `<file>.data` (see quantize_int8)
+INT4_BLOCK = 32  # 4-bit weights per scale (quantize_int4)
 INT8_METHODS = ("blockwise", "per_tensor")  # accurate everywhere / faster on x86 VNNI, fine on GPT-2
 
 
@@ -74,6 +75,56 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
                              weight_type=QuantType.QInt8, use_external_data_format=large,
                              # shape inference cannot type the outputs of onnxruntime's fused ops (export.fuse)
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return _finish_quantized(fp32_path, out_path, large, f"int8 ({method})")
+
+
+def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: int = INT4_BLOCK,
+                  output_layer_bits: int = 8) -> int:
+    """Write a 4-bit copy of an ONNX decoder: the linear layers as 4-bit MatMulNBits (symmetric, a scale per
+    `block_size` weights along the input, int8 compute), the token embedding int8 with a scale per row, and the
+    output layer in `output_layer_bits` (8 or 4; the measurements behind the default are in benchmarks/README.md).
+    Returns the number of quantized linear layers."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if output_layer_bits not in (4, 8):
+        raise ValueError(f"output_layer_bits must be 4 or 8, not {output_layer_bits!r}")
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    model = onnx.load(str(fp32_path))
+    large = is_large(fp32_path)
+    prepare_for_quantization(model)
+    _embeddings_per_row(model.graph)
+    head = output_layer(model.graph)
+    keep = [head] if head and output_layer_bits == 8 else []
+    for bits, exclude in ((4, keep), (8, [])) if keep else ((4, []),):
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=4, nodes_to_exclude=exclude)
+        quantizer.process()
+        model = quantizer.model.model
+    save_onnx(model, out_path, large)
+    del model
+    return _finish_quantized(fp32_path, out_path, large, f"int4 (output layer {output_layer_bits}-bit)")
+
+
+def output_layer(graph: onnx.GraphProto) -> str | None:
+    """The name of the MatMul that computes the logits (the first constant-weight MatMul met walking back from the
+    `logits` output), or None."""
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {init.name for init in graph.initializer}
+    todo, seen = ["logits"], set()
+    while todo:
+        node = producers.get(todo.pop(0))
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in constants:
+            return node.name
+        todo.extend(node.input)
+    return None
+
+
+def _finish_quantized(fp32_path: Path, out_path: Path, large: bool, label: str) -> int:
+    """Give a quantized graph back the fp32 graph's output shapes, keep big weights outside the .onnx, log what was
+    quantized; returns the number of quantized linear layers."""
     interface = _output_shapes(onnx.load(str(fp32_path), load_external_data=False))
     quantized = onnx.load(str(out_path))
     if _restore_output_shapes(quantized, interface) or (not large and out_path.stat().st_size > EXTERNAL_DATA_BYTES):
@@ -83,7 +134,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
     del quantized
     counts = count_ops(onnx.load(str(out_path), load_external_data=False))
     layers = counts.get("MatMulNBits", 0) + counts.get("MatMulInteger", 0)
-    log.info("int8 (%s): %d quantized linear layers, %d MatMul and %d Gemm left in fp32", method, layers,
+    log.info("%s: %d quantized linear layers, %d MatMul and %d Gemm left in fp32", label, layers,
              counts.get("MatMul", 0), counts.get("Gemm", 0))
     return layers
 
