@@ -24,15 +24,32 @@ from tweetgen.trainer.train.finetune import TrainError, pack, train  # noqa: E40
 TINY_HF = str(TINY_GPT2_HF)
 
 
-def test_pack_puts_separators_between_tweets_and_masks_the_padding():
+def test_pack_puts_whole_tweets_in_blocks_that_start_with_the_separator_and_masks_the_padding():
     _, tokenizer = load_base(TINY_HF)
-    blocks = pack(["the moon", "mars"], tokenizer, 0, 4)
-    stream = [0, *tokenizer("the moon").input_ids, 0, *tokenizer("mars").input_ids, 0]
-    flat = [t for block, mask in zip(blocks["input_ids"], blocks["attention_mask"]) for t, m in zip(block, mask) if m]
-    assert flat == stream
-    last_labels, last_mask = blocks["labels"][-1], blocks["attention_mask"][-1]
-    assert all(label == -100 for label, m in zip(last_labels, last_mask) if not m)
-    assert all(len(b) == 4 for b in blocks["input_ids"])
+    texts = ["the moon", "mars", "the sun", "sun"]
+    tokens = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    size = len(tokens[0]) + len(tokens[1]) + 3  # SEP moon SEP mars SEP: the first two fit one block exactly
+    assert len(tokens[2]) + 2 <= size  # each of the others fits a block of its own
+    blocks = pack(texts, tokenizer, 0, size)
+    kept = [[t for t, m in zip(block, mask) if m] for block, mask in zip(blocks["input_ids"], blocks["attention_mask"])]
+    assert kept[0] == [0, *tokens[0], 0, *tokens[1], 0]  # never cut at the block's edge: the next tweet moves on
+    assert kept[1][:len(tokens[2]) + 2] == [0, *tokens[2], 0]
+    assert [t for block in kept for t in block[1:]] == [t for ids in tokens for t in (*ids, 0)]
+    for labels, mask in zip(blocks["labels"], blocks["attention_mask"]):
+        assert all(label == -100 for label, m in zip(labels, mask) if not m) and len(labels) == size
+    assert all(len(b) == size for b in blocks["input_ids"])
+
+
+def test_pack_cuts_a_tweet_longer_than_a_block_into_blocks_of_its_own():
+    _, tokenizer = load_base(TINY_HF)
+    long = tokenizer("the moon and mars and the sun and the moon", add_special_tokens=False).input_ids
+    blocks = pack(["mars", "the moon and mars and the sun and the moon"], tokenizer, 0, 4)
+    kept = [[t for t, m in zip(b, mask) if m] for b, mask in zip(blocks["input_ids"], blocks["attention_mask"])]
+    mars = tokenizer("mars", add_special_tokens=False).input_ids
+    assert kept[0] == [0, *mars, 0]
+    # each later block starts with the token before it (its context; position 0 has no label of its own)
+    assert [kept[1][0]] + [t for block in kept[1:] for t in block[1:]] == [0, *long, 0]
+    assert all(len(block) <= 4 for block in kept)
 
 
 def test_a_tiny_run_lowers_validation_perplexity_and_leaves_its_outputs(tmp_path):

@@ -56,21 +56,37 @@ class TrainResult:
 
 
 def pack(texts: list[str], tokenizer, separator_id: int, block_size: int) -> dict[str, list[list[int]]]:
-    """Tokenize tweets into one stream, `SEP t1 SEP t2 SEP ...`, cut into blocks of `block_size` tokens.
+    """Tokenize tweets into blocks of `block_size` tokens, `SEP t1 SEP t2 SEP ... pad`, whole tweets only.
 
-    The last block is padded; padding is masked out of attention and loss.
+    Every block starts with the separator and holds whole tweets, each followed by the separator, as many as fit; the
+    rest is padding, masked out of attention and loss. So the model learns each tweet from its first token at the
+    positions where it will write one (after the prompt start), and never learns an end of text after the tail of a
+    tweet cut at a block's edge (with a stream cut every `block_size` tokens, each block began inside a tweet, whose
+    remains ended within a few positions: short tweets, taught at the very positions where tweets are generated).
+    A tweet longer than a block on its own is cut into blocks of its own.
     """
-    stream = [separator_id]
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream.extend(ids)
-        stream.append(separator_id)
-    blocks = {"input_ids": [], "attention_mask": [], "labels": []}
-    for start in range(0, len(stream) - 1, block_size):
-        chunk = stream[start:start + block_size]
+    blocks: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+
+    def flush(chunk: list[int]) -> None:
         pad = block_size - len(chunk)
         blocks["input_ids"].append(chunk + [separator_id] * pad)
         blocks["attention_mask"].append([1] * len(chunk) + [0] * pad)
         blocks["labels"].append(chunk + [-100] * pad)
+
+    chunk = [separator_id]
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        tweet = [*ids, separator_id]
+        if len(chunk) + len(tweet) <= block_size:
+            chunk += tweet
+            continue
+        if len(chunk) > 1:
+            flush(chunk)
+        chunk = [separator_id, *tweet]
+        while len(chunk) > block_size:  # longer than a block: its own blocks, each going on from the last
+            flush(chunk[:block_size])
+            chunk = chunk[block_size - 1:]  # the next block starts with the last token (context for the rest)
+    if len(chunk) > 1:
+        flush(chunk)
     return blocks
 
 
