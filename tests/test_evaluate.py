@@ -213,7 +213,8 @@ def test_evaluate_model_end_to_end_on_tiny_gpt2(tiny, monkeypatch):
         assert entry["voice_generated"] == pytest.approx(expected[user]) and entry["voice_real"] > 0.9
     assert data["voice"]["generated"] == pytest.approx((expected["alice"] + expected["bob"]) / 2)
     assert data["voice"]["chance"] == 0.5 and data["memorization"]["checked"] == 20
-    assert set(data["targets"]) == {"voice", "memorization", "distinct_2"}
+    assert set(data["targets"]) == {"voice", "memorization", "distinct_2", "length_median", "length_p90", "fluency"}
+    assert data["targets"]["fluency"] is None and data["judge"] is None  # no judge given: not measured
     assert {"generate", "perplexity", "voice", "memorization"} <= set(data["seconds"])
     assert evaluate_model(tiny, train, heldout, samples=20, seed=0).to_json()["generated"] == data["generated"]
 

@@ -151,10 +151,11 @@ def run_eval(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
     else:
         folder, name, seed = args.out or Path("exported") / args.model_name, args.model_name, 0
         samples = args.eval_samples
+    judge = getattr(args, "judge", None)
     if samples < 1 or seed < 0:
         raise TweetgenError(f"eval: --samples must be 1 or more and --seed 0 or more, not {samples} and {seed}")
     with console.status(f"Evaluating {folder}: {samples} tweets, perplexity, voice, memorization..."):
-        report = eval_stage(folder, _work(args), name=name, samples=samples, seed=seed).to_json()
+        report = eval_stage(folder, _work(args), name=name, samples=samples, seed=seed, judge=judge).to_json()
     tracker.log_eval(report)
     console.print(eval_table(report))
     console.print(f"targets: {report['targets']}; written to {Path(folder) / 'eval.json'} and its README.md")

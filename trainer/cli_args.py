@@ -139,6 +139,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                                             "the work folder has that run, else a default split)")
     eval_parser.add_argument("--samples", type=int, default=500, metavar="N", help="tweets to generate (%(default)s)")
     eval_parser.add_argument("--seed", type=int, default=0, help="seed of the generation (%(default)s)")
+    eval_parser.add_argument("--judge", type=Path, metavar="FILE_OR_DIR",
+                             help="a judge language model (a .gguf file or a Hugging Face folder) that scores each "
+                                  "generated and real tweet: fluency as the ratio of median perplexities")
     eval_parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     eval_parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     push_parser = stages.add_parser("push", help="publish an exported folder to the Hugging Face Hub (the token: "

@@ -81,9 +81,11 @@ def export_stage(workdir: str | Path | WorkDir, name: str, out: Path, *, int8: b
 
 
 def eval_stage(folder: str | Path, workdir: str | Path | WorkDir, *, name: str | None = None, samples: int = 500,
-               seed: int = 0, precision: str = "auto", write: bool = True):
+               seed: int = 0, precision: str = "auto", write: bool = True, judge=None):
     """Evaluate a model folder on the cleaned tweets of the work folder it was trained from; write eval.json and
     the card's section unless `write` is False. Returns the EvalReport.
+
+    judge: a .gguf file or Hugging Face folder (or a loaded `Judge`) whose per-tweet perplexities measure fluency.
 
     The split is the one of the training run `name`; without a name, the run named like the folder's tweetgen.json
     when the work folder has it, else the split a default TrainConfig makes.
@@ -98,7 +100,7 @@ def eval_stage(folder: str | Path, workdir: str | Path | WorkDir, *, name: str |
     log.info("held-out tweets: the split of %s", f"run {name!r}" if name else "a default training config")
     split = work.split(work.run_config(name) if name is not None else TrainConfig())
     report = evaluate_model(folder, split.train_texts(), split.validation_texts(), samples=samples, seed=seed,
-                            precision=precision)
+                            precision=precision, judge=judge)
     if write:
         write_eval(folder, report)
     return report

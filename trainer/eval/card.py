@@ -28,7 +28,7 @@ def render_eval_section(report: dict[str, Any]) -> str:
              "Lengths are medians.", "",
              "| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
     lines += ["| " + " | ".join(cells) + " |" for cells in _rows(report)]
-    lines += ["", *_target_lines(report), "", _lengths_table(report), "",
+    lines += ["", *_target_lines(report), "", _lengths_table(report), "", *_fluency_lines(report),
               "- *Voice*: the share of tweets that an author classifier (character 2-5-gram TF-IDF, linear SVM, "
               "trained on the real training tweets) gives to the user they were generated for; on real held-out "
               "tweets it is the ceiling." + (f" Chance: {voice['chance']:.0%}." if voice else ""),
@@ -72,7 +72,39 @@ def _target_lines(report: dict[str, Any]) -> list[str]:
         f"{_pct((report.get('real_memorization') or {}).get('share'), 1)} (people repeat their own phrases too)"
         + _unfiltered(report),
         f"- distinct-2 at least {wanted['distinct_2_ratio']:.0%} of the real tweets': {_pct(ratio)} — "
-        f"{verdict[targets['distinct_2']]}"]
+        f"{verdict[targets['distinct_2']]}",
+        *_length_target_lines(report, verdict)]
+
+
+def _length_target_lines(report: dict[str, Any], verdict: dict) -> list[str]:
+    """The length and fluency targets, in reports that have them (older eval.json files do not)."""
+    targets, wanted, lines = report["targets"], report["target_values"], []
+    ratios = report.get("length_ratios")
+    if ratios and "length_median" in targets:
+        lines += [f"- median length (characters) within {wanted['length_median_within']:.0%} of the real tweets': "
+                  f"{_num(ratios['median'], '{:.2f}')}x — {verdict[targets['length_median']]}",
+                  f"- 90th percentile of length within {wanted['length_p90_within']:.0%} of the real tweets': "
+                  f"{_num(ratios['p90'], '{:.2f}')}x — {verdict[targets['length_p90']]}"]
+    if "fluency" in targets:
+        judge = report.get("judge") or {}
+        lines.append(f"- judge ratio (median perplexity, generated / real) at most "
+                     f"{wanted['judge_ratio_at_most']:.2f}: {_num(judge.get('ratio'))} — {verdict[targets['fluency']]}")
+    return lines
+
+
+def _fluency_lines(report: dict[str, Any]) -> list[str]:
+    """The judge's table (per user for a multi-voice model), and what it measures; nothing without a judge."""
+    judge = report.get("judge")
+    if not judge:
+        return []
+    lines = ["| fluency (judge perplexity) | median, generated | median, real | ratio |", "|---|---:|---:|---:|"]
+    for label, entry in [*((f"@{u}", e) for u, e in judge["users"].items()), ("**all**", judge)]:
+        lines.append(f"| {label} | {_num(entry['generated'], '{:.1f}')} | {_num(entry['real'], '{:.1f}')} | "
+                     f"{_num(entry['ratio'])} |")
+    return [*lines, "",
+            f"- *Fluency*: each tweet's perplexity under an independent language model (`{judge['judge']}`), "
+            f"{judge['generated_count']} generated and {judge['real_count']} real held-out tweets; the ratio of "
+            "the medians is 1.00 when the bot reads as fluent as its people, higher when less.", ""]
 
 
 def _unfiltered(report: dict[str, Any]) -> str:

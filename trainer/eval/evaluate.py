@@ -5,9 +5,11 @@
   - voice: an author classifier trained on the real training tweets (tweetgen.trainer.eval.voice), its accuracy on the tweets
     generated for each user beside its accuracy on real held-out tweets (ceiling) and chance (floor);
   - memorization: the share of generated tweets that copy a training tweet (tweetgen.trainer.eval.memorization);
-  - diversity (distinct-1/2) and lengths, generated against a same-size sample of real held-out tweets.
+  - diversity (distinct-1/2) and lengths, generated against a same-size sample of real held-out tweets;
+  - with a judge model (`judge=`), fluency: median per-tweet perplexity, generated / real (tweetgen.trainer.eval.judge).
 Targets (the issue's): voice at least half the way from chance to the ceiling, memorization under 2%, distinct-2 at
-least 80% of the real tweets'.
+least 80% of the real tweets', median length within 10% of the real tweets' and p90 within 15%, a judge ratio of at
+most 1.25.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from tweetgen.trainer.errors import DataError
+from tweetgen.trainer.eval.judge import TARGET_RATIO, Judge, JudgeReport, judge_fluency
 from tweetgen.trainer.eval.memorization import MemorizationIndex, MemorizationStats
-from tweetgen.trainer.eval.textstats import TextStats
+from tweetgen.trainer.eval.textstats import TextStats, length_ratios
 from tweetgen.trainer.eval.voice import VoiceScores, voice_scores
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ PERPLEXITY_TWEETS = 300  # held-out tweets scored per user, at most
 TARGET_VOICE_FRACTION = 0.5  # generated voice accuracy: at least this far from chance to the ceiling
 TARGET_MEMORIZED = 0.02  # share of generated tweets that copy a training tweet: under this
 TARGET_DISTINCT_2 = 0.8  # generated distinct-2: at least this share of the real tweets'
+TARGET_MEDIAN_LENGTH = 0.10  # generated median characters: within this share of the real tweets'
+TARGET_P90_LENGTH = 0.15  # generated 90th percentile of characters: within this share of the real tweets'
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,12 @@ class EvalReport:
     # of as many tweets generated again with the same seeds but allow_copies=True; None when the folder ships
     # no copy index (then `memorization` is already that)
     unfiltered_memorization: MemorizationStats | None = None
+    judge: JudgeReport | None = None  # fluency, when a judge model was given
+
+    @property
+    def length_ratios(self) -> dict[str, float | None]:
+        """Characters per tweet, generated / real: of the median, p10 and p90."""
+        return length_ratios(self.generated.chars, self.real.chars)
 
     @property
     def distinct_2_ratio(self) -> float | None:
@@ -82,10 +93,14 @@ class EvalReport:
     def targets(self) -> dict[str, bool | None]:
         """Each target of the issue: met (True), missed (False) or not measured (None)."""
         fraction = self.voice.fraction if self.voice else None
-        ratio = self.distinct_2_ratio
+        ratio, lengths = self.distinct_2_ratio, self.length_ratios
+        fluency = self.judge.overall.ratio if self.judge else None
         return {"voice": None if fraction is None else fraction >= TARGET_VOICE_FRACTION,
                 "memorization": self.memorization.share < TARGET_MEMORIZED,
-                "distinct_2": None if ratio is None else ratio >= TARGET_DISTINCT_2}
+                "distinct_2": None if ratio is None else ratio >= TARGET_DISTINCT_2,
+                "length_median": _within(lengths["median"], TARGET_MEDIAN_LENGTH),
+                "length_p90": _within(lengths["p90"], TARGET_P90_LENGTH),
+                "fluency": None if fluency is None else fluency <= TARGET_RATIO}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,15 +111,17 @@ class EvalReport:
             "copy_index": self.unfiltered_memorization is not None,
             "unfiltered_memorization": self.unfiltered_memorization.to_json() if self.unfiltered_memorization
             else None, "generated": self.generated.to_json(), "real": self.real.to_json(),
-            "distinct_2_ratio": self.distinct_2_ratio, "targets": self.targets,
+            "distinct_2_ratio": self.distinct_2_ratio, "length_ratios": self.length_ratios,
+            "judge": self.judge.to_json() if self.judge else None, "targets": self.targets,
             "target_values": {"voice_fraction": TARGET_VOICE_FRACTION, "memorized_below": TARGET_MEMORIZED,
-                              "distinct_2_ratio": TARGET_DISTINCT_2},
+                              "distinct_2_ratio": TARGET_DISTINCT_2, "length_median_within": TARGET_MEDIAN_LENGTH,
+                              "length_p90_within": TARGET_P90_LENGTH, "judge_ratio_at_most": TARGET_RATIO},
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "notes": list(self.notes)}
 
 
 def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldout_texts: dict[str, list[str]], *,
                    samples: int = 500, seed: int = 0, prompt: str = "", precision: str = "auto",
-                   device: str = "auto") -> EvalReport:
+                   device: str = "auto", judge=None) -> EvalReport:
     """Generate `samples` tweets with the model folder and measure them against real tweets.
 
     Args:
@@ -115,10 +132,13 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
         seed: seeds the generation and the real-tweet samples.
         prompt: the start of every generated tweet ("" lets the model begin a tweet of its own).
         precision, device: as for `Generator.load`.
+        judge: a `judge.Judge`, or the path of one (a .gguf file or a Hugging Face folder), to measure fluency;
+            None: not measured.
 
     Raises:
         ValueError: samples < 1.
         DataError: no held-out tweets, or the model has voices that heldout_texts does not have.
+        JudgeError: the judge path is not a .gguf file or a model folder, or does not load.
     """
     from tweetgen import Generator
 
@@ -127,6 +147,8 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
     if not any(heldout_texts.values()):
         raise DataError("evaluate_model needs held-out tweets: heldout_texts is empty")
     seconds: dict[str, float] = {}
+    if judge is not None and not isinstance(judge, Judge):  # a bad path fails before anything is generated
+        judge = _timed(seconds, "judge_load", Judge, judge)
     generator = _timed(seconds, "load", Generator.load, folder, precision=precision, device=device)
     voices = generator.users
     unknown = [u for u in voices if u not in heldout_texts]
@@ -146,6 +168,9 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
         voice = _timed(seconds, "voice", voice_scores, train_texts, heldout_texts, generated)
     else:
         notes.append("voice not measured: the model has " + ("one user" if voices else "a single voice"))
+    fluency = None
+    if judge is not None:
+        fluency = _timed(seconds, "judge", judge_fluency, judge, generated, real if voices else {"": real_all})
     memorization, real_memorization = _timed(seconds, "memorization", _memorization, train_texts, generated,
                                              real_all)
     unfiltered = None
@@ -169,7 +194,7 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
         model=str(folder), variant=generator.model_path.name, samples=len(everything), seed=seed, prompt=prompt,
         users=entries, generated=overall[0], real=overall[1], memorization=_total(memorization.values()),
         real_memorization=real_memorization, unfiltered_memorization=unfiltered, voice=voice, seconds=seconds,
-        notes=tuple(notes))
+        notes=tuple(notes), judge=fluency)
     log.info("evaluated %s: %s", folder, json.dumps(report.targets))
     return report
 
@@ -205,6 +230,10 @@ def _perplexities(generator, heldout: dict[str, list[str]]) -> dict[str, tuple[f
         result = perplexity(generator.model_path, scored, folder=generator.folder.path)
         out[user] = (result.perplexity, result.tokens)
     return out
+
+
+def _within(ratio: float | None, tolerance: float) -> bool | None:
+    return None if ratio is None else abs(ratio - 1.0) <= tolerance
 
 
 def _memorization(train: dict[str, list[str]], generated: dict[str, list[str]], real: list[str]

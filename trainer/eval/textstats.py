@@ -52,6 +52,12 @@ class TextStats:
         return asdict(self)
 
 
+def length_ratios(generated: Spread, real: Spread) -> dict[str, float | None]:
+    """generated / real of the median, p10 and p90 (of characters, say): 1.0 is the people's own distribution."""
+    return {key: (getattr(generated, key) / getattr(real, key) if getattr(real, key) else None)
+            for key in ("median", "p10", "p90")}
+
+
 def distinct_n(tokenized: list[list[str]], n: int) -> float:
     """Unique n-grams / all n-grams over tokenized texts (0.0 when there is none)."""
     if n < 1:
