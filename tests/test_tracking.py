@@ -82,7 +82,8 @@ def tracked(tmp_path_factory):
             env.setenv(var, str(wandb_dir / sub))
         argv = ["--file", str(tmp / "alice.csv"), "--name", "tinybot", "--base-model", str(FIXTURES / "tiny_gpt2_hf"),
                 "--epochs", "1", "--batch-size", "4", "--block-size", "32", "--workdir", str(tmp / "work"),
-                "--out", str(tmp / "out"), "--no-fp16", "--no-int8", "--no-eval", "--report-to", "wandb", "--json"]
+                "--out", str(tmp / "out"), "--no-fp16", "--no-int8", "--no-eval", "--report-to", "wandb", "--json",
+                "--sample-every", "2"]
         with contextlib.redirect_stdout(io.StringIO()) as stdout:
             assert main(argv) == 0
     assert set(json.loads(stdout.getvalue())) == {"train", "export"}, "stdout holds the JSON summary and nothing else"
@@ -99,7 +100,7 @@ def artifacts(records):
 
 def test_every_product_is_an_artifact(tracked):
     tmp, _, records = tracked
-    logged = artifacts(records)
+    logged = {name: a for name, a in artifacts(records).items() if a.type != "run_table"}  # --sample-every's
     assert {name: a.type for name, a in logged.items()} == {
         "tinybot-raw-tweets": "dataset", "tinybot-training-set": "dataset", "tinybot-model": "model",
         "tinybot-onnx": "model"}
@@ -137,6 +138,20 @@ def test_the_run_carries_the_config_and_the_trainers_metrics(tracked):
     history = {item.key or ".".join(item.nested_key) for r in records if r.WhichOneof("record_type") == "history"
                for item in r.history.item}
     assert "train/loss" in history and "eval/loss" in history, "the Trainer's WandbCallback logs into the same run"
+
+
+def test_samples_while_training_are_a_table_in_the_run(tracked):
+    _, wandb_dir, records = tracked
+    logged = [{item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+              for r in records if r.WhichOneof("record_type") == "history"]
+    tables = [h for h in logged if "samples._type" in h]  # a table's fields arrive flattened under "samples."
+    assert [h["train/global_step"] for h in tables] == list(range(2, 2 * len(tables) + 1, 2)) and tables
+    assert all(h["samples._type"] == "table-file" and h["samples.nrows"] == 4 for h in tables)  # one voice, 4 tweets
+    assert any(a.type == "run_table" and a.name.endswith("-samples") for a in artifacts(records).values())
+    staged = list(wandb_dir.rglob("samples_*.table.json"))
+    assert len(staged) == len(tables)
+    rows = json.loads(staged[0].read_text())
+    assert rows["columns"] == ["step", "voice", "tweet"] and len(rows["data"]) == 4
 
 
 def test_no_secret_reaches_wandb(tracked):

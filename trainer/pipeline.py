@@ -37,7 +37,7 @@ def train_stage(workdir: str | Path | WorkDir, name: str, config: TrainConfig, *
         files = {STATS: work.path / STATS, **{f"clean/{u}.jsonl": work.path / "clean" / f"{u}.jsonl"
                                               for u in work.users}}
         tracker.log_dataset(files, work.users, dataset)
-    result = train(dataset, config, work.run_dir(name), resume=resume, console=console)
+    result = train(dataset, config, work.run_dir(name), resume=resume, console=console, tracker=tracker)
     if tracker is not None:
         tracker.log_model(result.model_dir, metadata=result.to_json())
     return result
@@ -52,7 +52,7 @@ def export_info(work: WorkDir, name: str):
     tagged = work.tagging(config)
     users = {user: {"stats": counts, **({"prefix": user_prefix(user)} if tagged else {})}
              for user, counts in work.users.items()}
-    training = {k: v for k, v in asdict(config).items() if k not in ("report_to", "min_tweets")}
+    training = {k: v for k, v in asdict(config).items() if k not in ("report_to", "min_tweets", "sample_every")}
     training["tag_users"] = tagged
     training.update({k: metrics[k] for k in ("train_tokens", "wall_seconds", "tokens_per_second", "epochs", "steps")})
     evaluation = {"perplexity_before": metrics["perplexity_before"], "perplexity_after": metrics["perplexity_after"]}

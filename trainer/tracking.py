@@ -8,6 +8,7 @@ started here, before the Trainer, and gets what the Trainer never sees:
   after training    <name>-model         model     runs/<name>/model (the fine-tuned Hugging Face folder)
   after export      <name>-onnx          model     the exported ONNX model folder
   after eval        the evaluation's numbers in the run summary (eval/...)
+  while training    with --sample-every N, the sampled tweets as a table ("samples": step, voice, tweet)
 
 Artifact files are copied into wandb's staging folder when logged, so an offline run (WANDB_MODE=offline) can be
 synced later (`wandb sync`) even after the work folder has changed. Without wandb in report_to every method does
@@ -101,6 +102,15 @@ class Tracker:
         """The evaluation's numbers (eval.json's) in the run summary, under eval/."""
         if self.active:
             self._run.summary.update(_numbers(report, prefix="eval/"))
+
+    def log_samples(self, step: int, samples: list[tuple[str, str]]) -> None:
+        """Tweets sampled at an optimizer step ([(voice, tweet), ...]), as a "samples" table at that step."""
+        if not self.active:
+            return
+        import wandb
+
+        table = wandb.Table(columns=["step", "voice", "tweet"], data=[[step, v, t] for v, t in samples])
+        self._run.log({"samples": table, "train/global_step": step})
 
     def finish(self, *, failed: bool = False) -> None:
         """End the run this Tracker started (a run the caller started stays open)."""

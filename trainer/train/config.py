@@ -47,11 +47,21 @@ class TrainConfig:
     balance: str = _knob("upsample", "even out the users' shares of the training tweets: upsample, cap or none",
                          choices=("upsample", "cap", "none"))
     min_tweets: int = _knob(20, "refuse to train on fewer kept tweets than this")
+    sample_every: int = _knob(0, "every N optimizer steps, write a few tweets sampled from the current weights to the "
+                                 "log and the tracker (0: never)")
+    lora: bool = _knob(False, "train LoRA adapters (peft) instead of every weight, merged into the base before the "
+                              "model is saved (a pretrained base only)")
+    lora_rank: int = _knob(8, "LoRA: rank of the adapters")
+    lora_alpha: float = _knob(16.0, "LoRA: scaling numerator (the update is scaled by alpha / rank)")
+    lora_dropout: float = _knob(0.05, "LoRA: dropout on the adapters' input")
+    lora_targets: str = _knob("", "LoRA: comma-separated module names to adapt (default: every attention and MLP "
+                                  "projection of GPT-2 and llama-family models)")
 
     def __post_init__(self) -> None:
         """Every setting checked before any work, with what is allowed."""
         whole = {"batch_size": 1, "gradient_accumulation": 1, "block_size": 8, "checkpoints_kept": 1,
-                 "min_tweets": 1, "eval_steps": 0, "early_stopping": 0, "seed": 0}
+                 "min_tweets": 1, "eval_steps": 0, "early_stopping": 0, "seed": 0, "sample_every": 0,
+                 "lora_rank": 1}
         for name, least in whole.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -61,7 +71,8 @@ class TrainConfig:
             raise TweetgenError(f"max-steps must be -1 (no limit) or a whole number >= 1, not {self.max_steps!r}")
         ranges = {"learning_rate": (0.0, 1.0, False), "epochs": (0.0, 10_000.0, False),
                   "warmup_ratio": (0.0, 1.0, True), "weight_decay": (0.0, 10.0, True),
-                  "validation_fraction": (0.0, 1.0, True)}
+                  "validation_fraction": (0.0, 1.0, True), "lora_alpha": (0.0, 100_000.0, False),
+                  "lora_dropout": (0.0, 1.0, True)}
         for name, (low, high, low_allowed) in ranges.items():
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
@@ -74,6 +85,9 @@ class TrainConfig:
             from tweetgen.trainer.train.scratch import parse_spec
 
             parse_spec(self.base_model)
+            if self.lora:
+                raise TweetgenError("--lora adapts pretrained weights, and a scratch: model has none: train it "
+                                    "without --lora, or give a pretrained --base-model")
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")

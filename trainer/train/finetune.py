@@ -90,8 +90,12 @@ def pack(texts: list[str], tokenizer, separator_id: int, block_size: int) -> dic
     return blocks
 
 
-def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, console=None) -> TrainResult:
+def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, console=None,
+          tracker=None) -> TrainResult:
     """Fine-tune `config.base_model` on a DatasetDict with "train" and "validation" splits of tweet texts.
+
+    With `config.lora`, LoRA adapters train and are merged into the base before the model is saved. With
+    `config.sample_every`, a few sampled tweets go to the log (and to `tracker`, a tracking.Tracker) every N steps.
 
     Raises:
         TrainError: too little data, or checkpoints of an unfinished run and no `resume`.
@@ -109,6 +113,10 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
     if base.startswith("scratch:") and resume and (run_dir / "tokenizer").is_dir():
         base += f",tokenizer={run_dir / 'tokenizer'}"  # the tokenizer trained when the run began, not a new one
     model, tokenizer = load_base(base, texts=list(dataset["train"]["text"]))
+    if config.lora:
+        from tweetgen.trainer.train.lora import with_lora
+
+        model = with_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     separator = separator_token(tokenizer)
     block_size = min(config.block_size, _context_length(model.config))
@@ -123,6 +131,8 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
                       train_dataset=splits["train"], eval_dataset=splits["validation"],
                       data_collator=default_data_collator, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout; progress has its own display
+    if config.sample_every:
+        _add_samples(trainer, dataset, tokenizer, separator, config.sample_every, tracker)
     before = _perplexity(trainer.evaluate(metric_key_prefix="before"), "before_loss")
     if config.early_stopping > 0:  # added after the "before" evaluation, which is not one of the run's
         trainer.add_callback(EarlyStoppingCallback(config.early_stopping))
@@ -150,6 +160,18 @@ def train(dataset, config: TrainConfig, run_dir: Path, *, resume: bool = False, 
         except OSError as exc:
             raise _write_error(exc, run_dir) from None
     return result
+
+
+def _add_samples(trainer, dataset, tokenizer, separator: str, every: int, tracker) -> None:
+    from tweetgen.trainer.data.dataset import user_prefix
+    from tweetgen.trainer.train.samples import SampleCallback, sampled_voices, tensorboard_sink
+
+    head = dataset["train"][:20]
+    tagged = all(t.startswith(user_prefix(u)) for t, u in zip(head["text"], head["user"]))
+    sinks = [tensorboard_sink(trainer), tracker.log_samples if tracker is not None and tracker.active else None]
+    trainer.add_callback(SampleCallback(tokenizer, tokenizer.convert_tokens_to_ids(separator), every,
+                                        sampled_voices(list(dataset["train"]["user"]), tagged),
+                                        [s for s in sinks if s is not None], _context_length(trainer.model.config)))
 
 
 def _write_error(exc: OSError, where: Path) -> TrainError:
@@ -254,9 +276,14 @@ def _perplexity(metrics: dict[str, float], key: str) -> float:
 
 def _save_outputs(trainer, tokenizer, config: TrainConfig, result: TrainResult, run_dir: Path) -> None:
     """The model folder last, through a temporary name, so that its presence means a finished run."""
+    from tweetgen.trainer.train.lora import is_lora, merged
+
     staging = run_dir / "model.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
+    if is_lora(trainer.model):  # the adapters folded into the base: a plain model folder, without adapter files
+        merged(trainer.model).save_pretrained(str(staging))
+    else:
+        trainer.save_model(str(staging))
     tokenizer.save_pretrained(str(staging))
     shutil.rmtree(run_dir / "model", ignore_errors=True)
     os.replace(staging, run_dir / "model")
