@@ -158,6 +158,10 @@ def run_eval(args: argparse.Namespace, console, tracker) -> dict[str, Any]:
         report = eval_stage(folder, _work(args), name=name, samples=samples, seed=seed, judge=judge).to_json()
     tracker.log_eval(report)
     console.print(eval_table(report))
+    if report.get("judge"):
+        fluency = report["judge"]
+        console.print(f"fluency ({fluency['judge']}): median perplexity {fluency['generated']:.1f} generated, "
+                      f"{fluency['real']:.1f} real: ratio {fluency['ratio']:.3f}")
     console.print(f"targets: {report['targets']}; written to {Path(folder) / 'eval.json'} and its README.md")
     return {"eval": report}
 

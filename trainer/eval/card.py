@@ -88,7 +88,7 @@ def _length_target_lines(report: dict[str, Any], verdict: dict) -> list[str]:
     if "fluency" in targets:
         judge = report.get("judge") or {}
         lines.append(f"- judge ratio (median perplexity, generated / real) at most "
-                     f"{wanted['judge_ratio_at_most']:.2f}: {_num(judge.get('ratio'))} — {verdict[targets['fluency']]}")
+                     f"{wanted['judge_ratio_at_most']:.2f}: {_num(judge.get('ratio'), '{:.3f}')} — {verdict[targets['fluency']]}")
     return lines
 
 
@@ -100,7 +100,7 @@ def _fluency_lines(report: dict[str, Any]) -> list[str]:
     lines = ["| fluency (judge perplexity) | median, generated | median, real | ratio |", "|---|---:|---:|---:|"]
     for label, entry in [*((f"@{u}", e) for u, e in judge["users"].items()), ("**all**", judge)]:
         lines.append(f"| {label} | {_num(entry['generated'], '{:.1f}')} | {_num(entry['real'], '{:.1f}')} | "
-                     f"{_num(entry['ratio'])} |")
+                     f"{_num(entry['ratio'], '{:.3f}')} |")
     return [*lines, "",
             f"- *Fluency*: each tweet's perplexity under an independent language model (`{judge['judge']}`), "
             f"{judge['generated_count']} generated and {judge['real_count']} real held-out tweets; the ratio of "

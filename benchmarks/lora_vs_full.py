@@ -1,0 +1,112 @@
+"""Full fine-tuning against LoRA on one account, on the CPU: time per step and per epoch, peak memory, perplexity.
+
+    python benchmarks/lora_vs_full.py --base SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --file ../shared/data/tweets/tweety/NASA.csv --steps 20 --threads 1 --out lora_vs_full.json
+
+Each mode trains in a process of its own (so that each peak RSS is its own) for a fixed number of optimizer steps,
+from the same base, on the same split (tweetgen-train's: 10% of the tweets held out), and reports:
+  - seconds per optimizer step: the median over the steps (evaluations excluded), and the epoch at that pace;
+  - peak resident memory of the process (the base loaded, training, both evaluations);
+  - held-out perplexity of the base and after the steps (tweetgen's validation loss, tweets packed as in training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = {"full": {"lora": False}, "lora": {"lora": True}}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One mode's run, in this process; prints its JSON line."""
+    import statistics
+
+    import torch
+    from transformers import Trainer, TrainerCallback
+
+    from tweetgen.trainer.train.config import TrainConfig
+    from tweetgen.trainer.train.finetune import train
+    from tweetgen.trainer.workdir import WorkDir
+
+    torch.set_num_threads(args.threads)
+    steps: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            steps.append(time.perf_counter() - self.started)
+
+    real_init = Trainer.__init__
+
+    def init(self, *a, **kw):  # the clock on every Trainer this run makes
+        real_init(self, *a, **kw)
+        self.add_callback(StepClock())
+
+    Trainer.__init__ = init
+    config = TrainConfig(base_model=str(args.base), max_steps=args.steps, eval_steps=args.steps, early_stopping=0,
+                         batch_size=args.batch_size, block_size=args.block_size, precision="fp32",
+                         learning_rate=args.lr_lora if args.mode == "lora" else args.lr_full,
+                         lora_rank=args.lora_rank, **MODES[args.mode])
+    work = WorkDir(args.workdir)
+    dataset = work.split(config).dataset()
+    result = train(dataset, config, Path(args.workdir) / "runs" / args.mode)
+    step = statistics.median(steps)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": args.mode, "steps": result.steps, "seconds_per_step": step,
+                      "seconds_per_epoch": step * result.steps / result.epochs, "epochs_run": result.epochs,
+                      "peak_rss_mb": peak_mb, "perplexity_base": result.perplexity_before,
+                      "perplexity_after": result.perplexity_after, "train_tweets": len(dataset["train"]),
+                      "validation_tweets": len(dataset["validation"]), "learning_rate": config.learning_rate}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", type=Path, required=True, help="the base model: a .gguf file or a Hugging Face folder")
+    parser.add_argument("--file", type=Path, help="the account's tweets (a CSV, JSONL, ... file)")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per mode (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--lr-full", type=float, default=5e-5)
+    parser.add_argument("--lr-lora", type=float, default=5e-4)
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
+    parser.add_argument("--modes", default="full,lora")
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        child(args)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="lora-bench-") as workdir:
+        subprocess.run([sys.executable, "-m", "tweetgen.trainer.cli", "clean", "--file", str(args.file), "--workdir",
+                        workdir], check=True, stdout=subprocess.DEVNULL)
+        results = []
+        for mode in args.modes.split(","):
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--mode", mode, "--workdir", workdir],
+                                 check=True, env=env, stdout=subprocess.PIPE, text=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    print("| mode | s / step | s / epoch | peak RSS (MB) | held-out perplexity: base -> after |")
+    print("|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['mode']} | {r['seconds_per_step']:.2f} | {r['seconds_per_epoch']:.0f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['perplexity_base']:.2f} -> {r['perplexity_after']:.2f} |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
