@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-users", action="store_true", help="print the model's voices and exit")
     parser.add_argument("--max-chars", type=int, default=280, help="cut on a word boundary (default 280; 0 = none)")
     parser.add_argument("--stop-at-newline", action="store_true", help="end each tweet at its first newline")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="end a tweet where it first holds TEXT, cut before it (repeat for up to 4)")
+    parser.add_argument("--min-new-tokens", type=int, default=0,
+                        help="no end-of-text before this many new tokens (default 0)")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="default: cuda if onnxruntime-gpu sees a GPU and the model has an fp16 or fp32 graph, "
                              "else cpu")
@@ -112,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, user=args.user,
-                   max_chars=args.max_chars or None, stop_at_newline=args.stop_at_newline)
+                   max_chars=args.max_chars or None, stop_at_newline=args.stop_at_newline, stop=tuple(args.stop),
+                   min_new_tokens=args.min_new_tokens)
     checked = generator.copy_index is not None and not args.allow_copies  # copies are drawn again: no stream
     if args.n == 1 and not (args.json or args.no_stream or checked):
         pieces = generator.stream(prompt, **options)  # arguments are checked here, before anything is printed

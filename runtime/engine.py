@@ -72,12 +72,13 @@ class Engine:
 
     def generate(self, prompt_ids: list[int] | np.ndarray, *, n: int, max_new_tokens: int,
                  params: SamplingParams, rng: np.random.Generator,
-                 done: np.ndarray | None = None) -> Iterator[Step]:
+                 done: np.ndarray | None = None, min_new_tokens: int = 0) -> Iterator[Step]:
         """Decode n samples of a prompt together.
 
         Yields a Step once per step. A row that draws an end-of-text token is marked in `done` (a caller-owned (n,)
         bool array, made if None); the caller may mark rows done too, between steps, and they leave the batch.
-        Arguments are checked now, not on the first step.
+        End-of-text is never drawn in the first `min_new_tokens` steps. Arguments are checked now, not on the first
+        step.
         """
         prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
@@ -85,10 +86,14 @@ class Engine:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
                 or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, not {max_new_tokens!r}")
+        if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, (int, np.integer)) \
+                or not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError(f"min_new_tokens must be an integer from 0 to max_new_tokens ({max_new_tokens}), "
+                             f"not {min_new_tokens!r}")
         self.check_length(len(prompt), max_new_tokens)
         self.check_memory(n, len(prompt) + max_new_tokens)
         done = np.zeros(n, dtype=bool) if done is None else done
-        return self._decode(prompt, n, max_new_tokens, params, rng, done)
+        return self._decode(prompt, n, max_new_tokens, params, rng, done, min_new_tokens)
 
     def _runner(self, top: int) -> Runner:
         if self.io_binding:
@@ -98,10 +103,10 @@ class Engine:
         return SessionRunner(self.session, self.spec)
 
     def _decode(self, prompt: np.ndarray, n: int, max_new_tokens: int, params: SamplingParams,
-                rng: np.random.Generator, done: np.ndarray) -> Iterator[Step]:
+                rng: np.random.Generator, done: np.ndarray, min_new_tokens: int = 0) -> Iterator[Step]:
         """The decode loop, the same over every runner: choose a token per running row, decide which rows end,
         drop (or, on the device, mask) the finished rows, run the next step."""
-        top = self._top_request(params)
+        top = 0 if min_new_tokens and len(self.eos_token_ids) else self._top_request(params)
         runner = self._runner(top)
         scores = runner.prefill(prompt, n, len(prompt) + max_new_tokens - 1)
         batch = np.arange(n)  # the rows in the runner's batch, in batch order
@@ -114,6 +119,8 @@ class Engine:
             live = ~done[batch]  # (B,) rows of the batch still writing; all of them unless on the device
             rows = batch[live]
             row_scores = scores if live.all() else rows_of(scores, live)
+            if step < min_new_tokens and len(self.eos_token_ids):
+                row_scores = self.forbid_end(row_scores)
             tokens = self._choose(row_scores, rows, params, rng, seen, top)
             ended = np.isin(tokens, self.eos_token_ids)
             done[rows[ended]] = True
@@ -132,6 +139,12 @@ class Engine:
                 feed[live] = tokens
             scores = runner.step(feed, length)
             length += 1
+
+    def forbid_end(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of (R, V) logits in which no end-of-text token can be drawn."""
+        logits = logits.copy()
+        logits[:, self.eos_token_ids[self.eos_token_ids < logits.shape[-1]]] = -np.inf
+        return logits
 
     @staticmethod
     def _choose(scores: Scores, rows: np.ndarray, params: SamplingParams, rng: np.random.Generator,

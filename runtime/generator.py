@@ -153,8 +153,8 @@ class Generator:
     def generate(self, prompt: str, n: int = 1, *, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  repetition_penalty: float | None = None, seed: int | None = None, user: str | None = None,
-                 max_chars: int | None = 280, stop_at_newline: bool = False, allow_copies: bool = False
-                 ) -> list[str]:
+                 max_chars: int | None = 280, stop_at_newline: bool = False, allow_copies: bool = False,
+                 stop: str | list[str] | tuple[str, ...] = (), min_new_tokens: int = 0) -> list[str]:
         """Write n continuations of `prompt` (the prompt itself is not repeated).
 
         When the folder ships a copy index (copies.bin), a text that repeats 8 consecutive words of a training tweet
@@ -171,6 +171,8 @@ class Generator:
             max_chars: cut each text to this many characters on a word boundary (None: no cut).
             stop_at_newline: end each text at its first newline.
             allow_copies: keep texts that copy a training tweet.
+            stop: a string, or up to 4: a text ends where it first holds one (the text is cut before it).
+            min_new_tokens: end-of-text cannot be drawn before this many new tokens.
 
         Returns:
             n strings (fewer only as said above).
@@ -180,7 +182,8 @@ class Generator:
         """
         request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                repetition_penalty=repetition_penalty, seed=seed, user=user, max_chars=max_chars,
-                               stop_at_newline=stop_at_newline, allow_copies=allow_copies)
+                               stop_at_newline=stop_at_newline, allow_copies=allow_copies, stop=stop,
+                               min_new_tokens=min_new_tokens)
         return self.generate_request(prompt, n, request)
 
     def generate_request(self, prompt: str, n: int, request: Request) -> list[str]:
@@ -207,7 +210,8 @@ class Generator:
     def stream(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = None,
                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
                seed: int | None = None, user: str | None = None, max_chars: int | None = 280,
-               stop_at_newline: bool = False) -> Iterator[str]:
+               stop_at_newline: bool = False, stop: str | list[str] | tuple[str, ...] = (),
+               min_new_tokens: int = 0) -> Iterator[str]:
         """Yield the text of one sample piece by piece (whole words, never half a character).
 
         Joined, the pieces equal `generate(prompt, n=1, allow_copies=True, ...)[0]` with the same arguments: what
@@ -216,7 +220,8 @@ class Generator:
         """
         request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                repetition_penalty=repetition_penalty, seed=seed, user=user, max_chars=max_chars,
-                               stop_at_newline=stop_at_newline, allow_copies=True)
+                               stop_at_newline=stop_at_newline, allow_copies=True, stop=stop,
+                               min_new_tokens=min_new_tokens)
         steps, texts = self._start(prompt, 1, request)
         return self._pieces(steps, texts[0])
 
@@ -236,10 +241,11 @@ class Generator:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"n must be an integer from 1 to {MAX_SAMPLES}, not {n!r}")
         texts = [TweetText(self.tokenizer, max_chars=request.max_chars, stop_at_newline=request.stop_at_newline,
-                           skip_spaces=held) for _ in range(n)]
+                           skip_spaces=held, stop=request.stop) for _ in range(n)]
         done = np.zeros(n, dtype=bool)
         steps = self.engine.generate(ids, n=n, max_new_tokens=request.max_new_tokens, params=request.sampling,
-                                     rng=np.random.default_rng(request.seed), done=done)
+                                     rng=np.random.default_rng(request.seed), done=done,
+                                     min_new_tokens=request.min_new_tokens)
         return self._follow(steps, texts, done), texts
 
     @staticmethod

@@ -10,6 +10,8 @@ import numpy as np
 from .folder import SamplingDefaults
 from .sampling import SamplingParams
 
+MAX_STOPS = 4  # stop strings a request may give (OpenAI's limit)
+
 
 @dataclass(frozen=True)
 class Request:
@@ -22,6 +24,8 @@ class Request:
     max_chars: int | None = 280  # each text cut to this many characters on a word boundary (None: no cut)
     stop_at_newline: bool = False  # end each text at its first newline
     allow_copies: bool = False  # keep texts that copy a training tweet (generate only; a stream is never checked)
+    stop: tuple[str, ...] = ()  # a text ends where it first holds one of these strings (cut before it)
+    min_new_tokens: int = 0  # end-of-text cannot be drawn before this many new tokens
 
     def __post_init__(self) -> None:
         if _bad_int(self.max_new_tokens, 1):
@@ -30,6 +34,16 @@ class Request:
             raise ValueError(f"max_chars must be an integer >= 1 or None (no limit), not {self.max_chars!r}")
         if self.seed is not None and _bad_int(self.seed, 0):
             raise ValueError(f"seed must be an integer >= 0 or None, not {self.seed!r}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if not isinstance(self.stop, (tuple, list)) or not all(isinstance(s, str) and s for s in self.stop) \
+                or len(self.stop) > MAX_STOPS:
+            raise ValueError(f"stop must be a string or a list of at most {MAX_STOPS} non-empty strings, "
+                             f"not {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if _bad_int(self.min_new_tokens, 0) or self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be an integer from 0 to max_new_tokens ({self.max_new_tokens}), "
+                             f"not {self.min_new_tokens!r}")
         if self.user is not None and not isinstance(self.user, str):
             raise TypeError(f"user must be a str or None, not {type(self.user).__name__}")
 

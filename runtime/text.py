@@ -1,7 +1,7 @@
-"""Tweet rules on top of token ids: decoding, the newline stop, the character limit, safe streaming.
+"""Tweet rules on top of token ids: decoding, stop strings, the newline stop, the character limit, safe streaming.
 
 A `TweetText` follows one sample token by token. Its final text is the decoded continuation, cut at the first
-newline (when asked), cut to `max_chars` on a word boundary, trailing whitespace removed. While the sample runs it
+stop string and at the first newline (when asked), cut to `max_chars` on a word boundary, trailing whitespace removed. While the sample runs it
 releases only text that the final text is sure to start with: whole words, never half a UTF-8 character.
 """
 
@@ -27,16 +27,19 @@ class TweetText:
     """The text of one sample, built from its tokens."""
 
     def __init__(self, tokenizer: Tokenizer, *, max_chars: int | None, stop_at_newline: bool,
-                 skip_spaces: int = 0) -> None:
+                 skip_spaces: int = 0, stop: tuple[str, ...] = ()) -> None:
         self._tokenizer = tokenizer
         self._skip_spaces = skip_spaces  # leading spaces to drop: the prompt already ended with them
         self._max_chars = max_chars
         self._stop_at_newline = stop_at_newline
+        self._stop = tuple(stop)  # the text ends before the first of these it holds
+        self._hold = max((len(s) for s in self._stop), default=1) - 1  # characters a stream keeps back (see release)
         self._ids: list[int] = []
         self._decoded = 0  # how many of the ids `_text` holds
         self._text = ""
         self._bound = 0  # at least the length of the decoded text (see add)
         self.done = False
+        self.stopped = False  # ended by a stop string or the newline rule
         self.released = 0  # characters of the final text already handed out
 
     def add(self, token: int) -> None:
@@ -50,6 +53,9 @@ class TweetText:
         self._ids.append(token)
         if self._stop_at_newline and "\n" in self._tokenizer.decode([token], skip_special_tokens=True):
             self.done = "\n" in self._current()
+        if self._stop and not self.done:
+            self.done = _stop_at(self._current(), self._stop) is not None
+        self.stopped = self.done  # a newline or a stop string ended it (not the character limit)
         if self._max_chars is not None and not self.done:
             self._bound += len(self._tokenizer.id_to_token(token) or "") + 1
             if self._bound > self._max_chars:
@@ -71,6 +77,9 @@ class TweetText:
     def text(self) -> str:
         """The final text if done; else the text so far with the same rules applied."""
         text = self._current().rstrip(_REPLACEMENT)
+        if self._stop:
+            end = _stop_at(text, self._stop)
+            text = text if end is None else text[:end]
         if self._stop_at_newline:
             text = text.split("\n", 1)[0]
         return cut_to_limit(text, self._max_chars).rstrip()
@@ -79,6 +88,8 @@ class TweetText:
         """The text not yet handed out that can no longer change: all of it when done, else up to the last word."""
         text = self.text
         if not self.done:
+            if self._hold:  # a stop string may be starting in the last characters: they may still be cut away
+                text = text[:max(0, len(text) - self._hold)]
             last_space = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
             text = text[:last_space].rstrip() if last_space > 0 else ""
         if len(text) <= self.released:
@@ -86,3 +97,9 @@ class TweetText:
         delta = text[self.released:]
         self.released = len(text)
         return delta
+
+
+def _stop_at(text: str, stop: tuple[str, ...]) -> int | None:
+    """Where the first of the `stop` strings starts in `text`, or None."""
+    found = [i for s in stop if (i := text.find(s)) >= 0]
+    return min(found) if found else None
