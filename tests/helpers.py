@@ -13,6 +13,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_GPT2 = FIXTURES / "tiny_gpt2"
 TINY_LLAMA = FIXTURES / "tiny_llama"
 TINY_GPT2_HF = FIXTURES / "tiny_gpt2_hf"
+TINY_GPT2_FUSED = FIXTURES / "tiny_gpt2_fused"  # tiny_gpt2 with the fused graph (tiny_model.write_fused)
 
 # --- the token-level decoder on the committed tiny models ---
 

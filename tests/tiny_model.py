@@ -100,6 +100,21 @@ def write_fixture(arch: str, dest: Path) -> Path:
     return out_dir
 
 
+def write_fused(dest: Path) -> Path:
+    """Write `<dest>/tiny_gpt2_fused`: the tiny GPT-2 folder with tweetgen's fused graph as model.onnx (rows at
+    different positions can share its batch: the server's continuous batching runs on it)."""
+    import onnx
+
+    from tweetgen.trainer.export.fuse import fused_gpt2, weights_of_folder
+
+    source, out_dir = dest / "tiny_gpt2", dest / "tiny_gpt2_fused"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(source, out_dir)
+    config = json.loads((source / "config.json").read_text())
+    onnx.save(fused_gpt2(weights_of_folder(dest / "tiny_gpt2_hf"), config), str(out_dir / "model.onnx"))
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dest", type=Path, help="folder to write the fixtures into, e.g. tests/fixtures")
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for arch in args.arch or ["gpt2", "llama"]:
         print(f"wrote {write_fixture(arch, args.dest)}", file=sys.stderr)
+        if arch == "gpt2":
+            print(f"wrote {write_fused(args.dest)}", file=sys.stderr)
     return 0
 
 

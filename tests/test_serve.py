@@ -1,0 +1,221 @@
+"""tweetgen-serve: the OpenAI-compatible API (with the official openai client), bad input, the queue limit, and
+continuous batching (a request decoded inside a shared batch writes what it writes alone)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from helpers import TINY_GPT2_FUSED  # noqa: E402
+from tweetgen.batching import Job, Scheduler  # noqa: E402
+from tweetgen.serve import create_app  # noqa: E402
+
+MODEL = "tiny_gpt2_fused"
+
+
+@pytest.fixture(scope="module")
+def fused():
+    from tweetgen import Generator
+
+    generator = Generator.load(TINY_GPT2_FUSED, device="cpu")
+    assert generator.engine.shared_cache  # rows at different positions can share its batch
+    return generator
+
+
+@pytest.fixture(scope="module")
+def client(fused):
+    with TestClient(create_app(fused, max_rows=16)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def server(fused):
+    """A real uvicorn server on 127.0.0.1: the socket listens before the thread starts, so requests wait in its
+    backlog instead of anybody polling for the server to be up."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    config = uvicorn.Config(create_app(fused, max_rows=16), log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    instance.should_exit = True
+    thread.join()
+    sock.close()
+
+
+def test_the_openai_client_gets_the_generators_texts(server, fused):
+    openai = pytest.importorskip("openai")
+    api = openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in api.models.list().data] == [MODEL]
+    options = dict(max_tokens=12, seed=5, temperature=0.9, top_p=0.95, user="alice")
+    reply = api.completions.create(model=MODEL, prompt="My dream is", n=3, **options)
+    want = fused.generate("My dream is", n=3, seed=5, max_new_tokens=12, temperature=0.9, top_p=0.95, user="alice")
+    assert [c.text for c in reply.choices] == want
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
+    assert reply.usage.prompt_tokens == len(fused.encode_prompt("My dream is", "alice"))
+    assert 3 <= reply.usage.completion_tokens <= 36
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    # streamed: the deltas of each choice join into the same texts, each choice ends with its finish_reason
+    texts, reasons = ["", "", ""], [None, None, None]
+    for event in api.completions.create(model=MODEL, prompt="My dream is", n=3, stream=True, **options):
+        for choice in event.choices:
+            texts[choice.index] += choice.text
+            reasons[choice.index] = reasons[choice.index] or choice.finish_reason
+    assert texts == want and None not in reasons
+    # stop strings and the voice field
+    plain = fused.generate("Hello", seed=2, max_new_tokens=20, max_chars=None)[0]
+    stop = next(plain[i:i + 2] for i in range(3, len(plain)) if plain[i:i + 2].isascii() and plain[i:i + 2].isalpha())
+    cut = api.completions.create(model=MODEL, prompt="Hello", max_tokens=20, seed=2, stop=[stop])
+    assert cut.choices[0].text == fused.generate("Hello", seed=2, max_new_tokens=20, stop=stop)[0]
+    assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].text
+    with pytest.raises(openai.UnprocessableEntityError, match="unknown voice 'carol'"):
+        api.completions.create(model=MODEL, prompt="Hi", extra_body={"voice": "carol"})
+
+
+def test_models_health_and_page(client):
+    models = client.get("/v1/models").json()["data"]
+    assert models[0]["id"] == MODEL and models[0]["voices"] == ["alice", "bob"]
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["batching"] is True
+    page = client.get("/")
+    assert page.status_code == 200 and "/v1/completions" in page.text and "<script" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from the network
+
+
+BAD = [
+    (b'{"prompt": "My', 400, None, "not valid JSON"),
+    (b'[1, 2]', 400, None, "must be a JSON object"),
+    (b'\xff\xfe', 400, None, "not valid JSON"),
+    (b'{"prompt": 5}', 400, "prompt", "prompt must be a string"),
+    (b'{"prompt": "x", "n": "3"}', 400, "n", "n must be an integer"),
+    (b'{"prompt": "x", "n": 0}', 422, "n", "n must be from 1 to 16"),
+    (b'{"prompt": "x", "n": 100}', 422, "n", "n must be from 1 to 16"),
+    (b'{"prompt": "x", "max_tokens": 0}', 422, "max_tokens", "max_tokens must be from 1"),
+    (b'{"prompt": "x", "max_tokens": 100000}', 422, "max_tokens", "max_tokens must be from 1"),
+    (b'{"prompt": "x", "temperature": "hot"}', 400, "temperature", "temperature must be a number"),
+    (b'{"prompt": "x", "top_p": 0}', 422, "top_p", "top_p must be in (0, 1]"),
+    (b'{"prompt": "x", "stop": [1]}', 400, "stop", "stop must be a string or a list"),
+    (b'{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', 422, "stop", "at most 4"),
+    (b'{"prompt": "x", "stream": "yes"}', 400, "stream", "stream must be true or false"),
+    (b'{"prompt": "x", "frobnicate": 1}', 400, "frobnicate", "unknown field 'frobnicate'"),
+    (b'{"prompt": "x", "logprobs": 3}', 422, "logprobs", "not supported"),
+    (b'{"prompt": "x", "voice": "carol"}', 422, "voice", "unknown voice 'carol'; this model's voices: alice, bob"),
+    (b'{"prompt": "x", "user": "carol"}', 422, "user", "unknown voice 'carol'"),
+    (b'{"prompt": "x", "model": "gpt-4"}', 404, "model", "serves 'tiny_gpt2_fused'"),
+    (b'{"prompt": "x", "min_tokens": 9, "max_tokens": 5}', 422, "min_tokens", "must not exceed max_tokens"),
+    (json.dumps({"prompt": "word " * 200}).encode(), 422, "prompt", "longer than the model's context"),
+    (json.dumps({"prompt": "w" * 60000}).encode(), 422, "prompt", "far longer than the model's context"),
+]
+
+
+@pytest.mark.parametrize("body, status, param, message", BAD, ids=[b[3] for b in BAD])
+def test_bad_input_is_an_openai_error_naming_the_problem(client, body, status, param, message):
+    response = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error["message"] and error["param"] == param
+    assert error["type"] == "invalid_request_error" and "Traceback" not in response.text
+
+
+def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(client):
+    response = client.post("/v1/completions", content=b'{"prompt": "' + b"x" * 70000 + b'"}')
+    assert response.status_code == 413 and "over 65,536 bytes" in response.json()["error"]["message"]
+    assert client.post("/v1/completions", content=b"{]").status_code == 400
+    assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+    assert client.get("/v1/completions").status_code == 405
+    ok = client.post("/v1/completions", json={"prompt": "My dream is", "max_tokens": 4, "seed": 0})
+    assert ok.status_code == 200 and len(ok.json()["choices"]) == 1
+
+
+def test_a_full_queue_is_503_with_retry_after(fused):
+    with TestClient(create_app(fused, max_queue=0)) as full:
+        response = full.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "queue_full"
+
+
+def collect(scheduler: Scheduler, generator, prompt: str, n: int, seed: int, on_event=None):
+    """Submit a job; (texts by row, an Event set when it ends)."""
+    ids, held = generator._encode(prompt, None)
+    out: dict[int, str] = {}
+    finished = threading.Event()
+
+    def emit(kind, *args):
+        if on_event is not None:
+            on_event(kind)
+        if kind == "done":
+            out[args[0]] = args[1]
+        elif kind in ("end", "error"):
+            out["error"] = args[0] if args else None
+            finished.set()
+
+    request = generator.request(seed=seed, max_new_tokens=30, temperature=1.0, top_k=0, max_chars=None)
+    scheduler.submit(Job(ids=ids, n=n, request=request, held=held, emit=emit))
+    return out, finished
+
+
+def test_a_request_in_a_shared_batch_writes_what_it_writes_alone(fused):
+    """Four requests start together, and one more joins while they decode (submitted from inside the batch's first
+    step): each one's texts equal Generator.generate's for its prompt and seed, decoded alone."""
+    scheduler = Scheduler(fused, max_rows=16)
+    jobs = [("My dream is", 3, 1), ("Hello", 2, 7), ("", 1, 3), ("The moon and the stars are", 2, 11)]
+    late: list = []
+
+    def join_late(kind):
+        if not late:
+            late.append(collect(scheduler, fused, "Today I", 2, 5))
+
+    results = [collect(scheduler, fused, p, n, seed, join_late if i == 0 else None)
+               for i, (p, n, seed) in enumerate(jobs)]
+    scheduler.start()
+    try:
+        for out, finished in results:
+            assert finished.wait(60)
+        assert late[0][1].wait(60)
+    finally:
+        scheduler.stop()
+    for (prompt, n, seed), (out, _) in zip([*jobs, ("Today I", 2, 5)], [*results, late[0]]):
+        alone = fused.generate(prompt, n=n, seed=seed, max_new_tokens=30, temperature=1.0, top_k=0, max_chars=None)
+        assert out.get("error") is None and [out[i] for i in range(n)] == alone
+    # the late request's rows joined the first four's (8 rows) while those ran: 10 rows in one step, and far fewer
+    # steps than one request at a time (30 each at most, here at most 2 x 30 for all of them together)
+    assert scheduler.peak_rows == 10 and scheduler.steps < 2 * 30
+
+
+def test_a_client_that_goes_away_frees_its_rows(fused):
+    """A streamed request that would write 100 tokens: the client reads its first event and closes the connection;
+    its rows leave the batch long before 100 steps."""
+    import http.client
+
+    app = create_app(fused, max_rows=16)
+    scheduler = app.state.scheduler
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1])
+        body = {"prompt": "My dream is", "n": 2, "max_tokens": 100, "min_tokens": 100, "stream": True, "seed": 0}
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.readline().startswith(b"data: {")
+        connection.sock.shutdown(socket.SHUT_RDWR)
+        connection.close()
+        assert scheduler.wait_idle(60)
+        assert scheduler.cancelled_rows == 2 and scheduler.steps < 100
+    finally:
+        instance.should_exit = True
+        thread.join()
+        sock.close()
