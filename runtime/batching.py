@@ -75,6 +75,11 @@ class SlotBatch:
         self.buffers = empty_past(spec, self.rows, self.capacity)  # (rows, kv, capacity, hd) each
         self.lengths = np.zeros(0, dtype=np.int64)  # (B,) tokens cached for each running row
         self.session = engine.session
+        self._binding = None  # the decoding steps' IO binding, kept while the batch has `_bound` rows
+        self._bound = -1
+        self._feeds: dict[str, np.ndarray] = {}  # bound by pointer: alive and in place while bound
+        self._out: np.ndarray | None = None  # the bound logits (B, 1, V)
+        self._mask = np.zeros((0, 0), dtype=np.int64)
 
     @property
     def free(self) -> int:
@@ -90,6 +95,7 @@ class SlotBatch:
         for buffer in self.buffers:
             buffer[start + 1:start + n, :, :size] = buffer[start:start + 1, :, :size]
         self.lengths = np.concatenate([self.lengths, np.full(n, size, dtype=np.int64)])
+        self._bound = -1
         return np.repeat(logits, n, axis=0)
 
     def keep(self, mask: np.ndarray) -> None:
@@ -99,16 +105,50 @@ class SlotBatch:
         count = len(self.lengths)
         leave([b[:count] for b in self.buffers], mask, int(self.lengths.max()))
         self.lengths = self.lengths[mask]
+        self._bound = -1
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Feed each running row its token; (B, V) logits of each row's next token."""
-        count = len(self.lengths)
-        logits = self._run(tokens.reshape(count, 1), [b[:count] for b in self.buffers], self.lengths)
+        """Feed each running row its token; (B, V) logits of each row's next token (a view that the next step
+        overwrites). The bindings are kept while the batch keeps its size; only the attention mask, whose length
+        grows, is bound at every step."""
+        count, spec = len(self.lengths), self.spec
+        if self._bound != count or self._out is None and spec.vocab_size is not None:
+            self._bind_step(count)
+        binding, feeds = self._binding, self._feeds
+        feeds["input_ids"][:, 0] = tokens
+        if "position_ids" in feeds:
+            feeds["position_ids"][:, 0] = self.lengths
+        if spec.has_attention_mask:
+            total = int(self.lengths.max()) + 1
+            self._mask = (np.arange(total)[None, :] <= self.lengths[:, None]).astype(np.int64)
+            bind_array(binding, ATTENTION_MASK, self._mask)
+        self.session.run_with_iobinding(binding)
         self.lengths = self.lengths + 1
-        return logits
+        logits = self._out if self._out is not None else binding.get_outputs()[0].numpy()
+        return logits[:, -1, :].astype(np.float32, copy=False)
+
+    def _bind_step(self, count: int) -> None:
+        spec = self.spec
+        binding = self.session.io_binding()
+        feeds = step_feeds(spec, np.zeros((count, 1), dtype=np.int64), 0)
+        feeds.pop(ATTENTION_MASK, None)
+        for name, value in feeds.items():
+            bind_array(binding, name, value)
+        if spec.vocab_size is not None:  # written straight into an array of ours
+            self._out = np.empty((count, 1, spec.vocab_size), dtype=spec.cache_dtype)
+            binding.bind_output("logits", "cpu", 0, self._out.dtype.type, list(self._out.shape),
+                                self._out.ctypes.data)
+        else:
+            self._out = None
+            binding.bind_output("logits", "cpu")
+        for past_name, present_name, buffer in zip(spec.past_names, spec.present_names, self.buffers):
+            view = buffer[:count]
+            binding.bind_input(past_name, "cpu", 0, view.dtype.type, list(view.shape), view.ctypes.data)
+            binding.bind_output(present_name, "cpu", 0, view.dtype.type, list(view.shape), view.ctypes.data)
+        self._binding, self._feeds, self._bound = binding, feeds, count
 
     def _run(self, ids: np.ndarray, past: list[np.ndarray], lengths: np.ndarray) -> np.ndarray:
-        """One run of ids (B, S) after each row's `lengths` cached tokens, into the bound buffers `past`."""
+        """One run of ids (B, S) after each row's `lengths` cached tokens, into the buffers `past` (a prompt)."""
         spec, binding = self.spec, self.session.io_binding()
         batch, new = ids.shape
         feeds = step_feeds(spec, ids, 0)
