@@ -59,6 +59,19 @@ class Job:
     step: int = 0  # how many tokens each running row has drawn
 
 
+class _Draws:
+    """Random numbers for the rows of several jobs that choose together: `random(n)` gives each job's share from
+    its own generator, in row order, as a draw for that job alone would."""
+
+    def __init__(self, parts: list[tuple[np.random.Generator, int]]) -> None:
+        self.parts = parts
+
+    def random(self, count: int) -> np.ndarray:
+        if count != sum(n for _, n in self.parts):
+            raise ValueError(f"{count} draws asked of jobs with {sum(n for _, n in self.parts)} rows")
+        return np.concatenate([rng.random(n) for rng, n in self.parts])
+
+
 class SlotBatch:
     """The KV cache of up to `rows` rows, each at its own position, on a fused graph on the CPU. Running rows are
     the first `len(self.lengths)` slots, in batch order; a row that leaves moves the later ones up."""
@@ -304,18 +317,33 @@ class Scheduler:
 
     def _choose(self, running: list[Job], rows: list[tuple[Job, int]], scores: np.ndarray) -> np.ndarray:
         """The next token of every running row: each job draws for its rows, in row order, from its own generator
-        (what Engine's loop does for the job alone)."""
+        (what Engine's loop does for the job alone). Jobs whose choice is row by row (greedy, or top-k candidates,
+        and no repetition penalty) and that share their sampling settings choose together, each row still with its
+        own job's random numbers."""
         tokens = np.zeros(len(rows), dtype=np.int64)
+        where: dict[int, list[int]] = {}
+        for i, (job, _) in enumerate(rows):
+            where.setdefault(id(job), []).append(i)
+        groups: dict[object, list[Job]] = {}
         for job in running:
-            where = np.array([i for i, (j, _) in enumerate(rows) if j is job])
-            index = np.array([r for j, r in rows if j is job])
-            job_scores = scores[where]
-            if job.step < job.request.min_new_tokens and len(self.engine.eos_token_ids):
-                job_scores = self.engine.forbid_end(job_scores)
-            tokens[where] = Engine._choose(job_scores, index, job.request.sampling, job.rng, job.seen, 0)
-            if job.seen is not None:
-                job.seen[index, tokens[where]] = True
-            job.step += 1
+            sampling = job.request.sampling
+            rowwise = job.seen is None and (sampling.greedy or 0 < sampling.top_k < scores.shape[-1])
+            groups.setdefault(sampling if rowwise else id(job), []).append(job)
+        eos = len(self.engine.eos_token_ids)
+        for jobs in groups.values():
+            at = np.array([i for job in jobs for i in where[id(job)]])
+            group_scores = scores[at]
+            early = np.array([job.step < job.request.min_new_tokens for job in jobs for _ in where[id(job)]])
+            if eos and early.any():
+                group_scores = group_scores.copy()
+                group_scores[early] = self.engine.forbid_end(group_scores[early])
+            index = np.array([r for job in jobs for i in where[id(job)] for r in (rows[i][1],)])
+            draws = jobs[0].rng if len(jobs) == 1 else _Draws([(job.rng, len(where[id(job)])) for job in jobs])
+            tokens[at] = Engine._choose(group_scores, index, jobs[0].request.sampling, draws, jobs[0].seen, 0)
+            for job in jobs:
+                if job.seen is not None:
+                    job.seen[index, tokens[at]] = True
+                job.step += 1
         return tokens
 
     def _follow(self, rows: list[tuple[Job, int]], tokens: np.ndarray) -> np.ndarray:

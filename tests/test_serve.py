@@ -144,7 +144,7 @@ def test_a_full_queue_is_503_with_retry_after(fused):
     assert response.json()["error"]["code"] == "queue_full"
 
 
-def collect(scheduler: Scheduler, generator, prompt: str, n: int, seed: int, on_event=None):
+def collect(scheduler: Scheduler, generator, prompt: str, n: int, seed: int, top_k: int = 0, on_event=None):
     """Submit a job; (texts by row, an Event set when it ends)."""
     ids, held = generator._encode(prompt, None)
     out: dict[int, str] = {}
@@ -159,24 +159,26 @@ def collect(scheduler: Scheduler, generator, prompt: str, n: int, seed: int, on_
             out["error"] = args[0] if args else None
             finished.set()
 
-    request = generator.request(seed=seed, max_new_tokens=30, temperature=1.0, top_k=0, max_chars=None)
+    request = generator.request(seed=seed, max_new_tokens=30, temperature=1.0, top_k=top_k, max_chars=None)
     scheduler.submit(Job(ids=ids, n=n, request=request, held=held, emit=emit))
     return out, finished
 
 
 def test_a_request_in_a_shared_batch_writes_what_it_writes_alone(fused):
     """Four requests start together, and one more joins while they decode (submitted from inside the batch's first
-    step): each one's texts equal Generator.generate's for its prompt and seed, decoded alone."""
+    step): each one's texts equal Generator.generate's for its prompt and seed, decoded alone. Two of them sample
+    top-k with the same settings, so they choose together (one call for their rows, each row with its own job's
+    random numbers); the others (top_k 0: top-p alone) choose one job at a time."""
     scheduler = Scheduler(fused, max_rows=16)
-    jobs = [("My dream is", 3, 1), ("Hello", 2, 7), ("", 1, 3), ("The moon and the stars are", 2, 11)]
+    jobs = [("My dream is", 3, 1, 0), ("Hello", 2, 7, 20), ("", 1, 3, 20), ("The moon and the stars are", 2, 11, 0)]
     late: list = []
 
     def join_late(kind):
         if not late:
-            late.append(collect(scheduler, fused, "Today I", 2, 5))
+            late.append(collect(scheduler, fused, "Today I", 2, 5, 20))
 
-    results = [collect(scheduler, fused, p, n, seed, join_late if i == 0 else None)
-               for i, (p, n, seed) in enumerate(jobs)]
+    results = [collect(scheduler, fused, p, n, seed, top_k, join_late if i == 0 else None)
+               for i, (p, n, seed, top_k) in enumerate(jobs)]
     scheduler.start()
     try:
         for out, finished in results:
@@ -184,8 +186,9 @@ def test_a_request_in_a_shared_batch_writes_what_it_writes_alone(fused):
         assert late[0][1].wait(60)
     finally:
         scheduler.stop()
-    for (prompt, n, seed), (out, _) in zip([*jobs, ("Today I", 2, 5)], [*results, late[0]]):
-        alone = fused.generate(prompt, n=n, seed=seed, max_new_tokens=30, temperature=1.0, top_k=0, max_chars=None)
+    for (prompt, n, seed, top_k), (out, _) in zip([*jobs, ("Today I", 2, 5, 20)], [*results, late[0]]):
+        alone = fused.generate(prompt, n=n, seed=seed, max_new_tokens=30, temperature=1.0, top_k=top_k,
+                               max_chars=None)
         assert out.get("error") is None and [out[i] for i in range(n)] == alone
     # the late request's rows joined the first four's (8 rows) while those ran: 10 rows in one step, and far fewer
     # steps than one request at a time (30 each at most, here at most 2 x 30 for all of them together)
