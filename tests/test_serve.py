@@ -222,3 +222,34 @@ def test_a_client_that_goes_away_frees_its_rows(fused):
         instance.should_exit = True
         thread.join()
         sock.close()
+
+
+def test_the_copy_check_applies_as_in_generate(tmp_path):
+    """A model whose copy index holds its own first outputs: the server draws the copies again, as generate does,
+    streamed or not."""
+    import shutil
+
+    from tweetgen import Generator
+    from tweetgen.copies import FILE, CopyIndex, words
+
+    options = dict(seed=7, max_new_tokens=40)
+    first = Generator.load(TINY_GPT2_FUSED, device="cpu").generate("", 6, allow_copies=True, **options)
+    assert sum(len(words(t)) >= 8 for t in first) >= 3, "the tiny model wrote too few long texts for this test"
+    folder = tmp_path / "copying"
+    shutil.copytree(TINY_GPT2_FUSED, folder)
+    CopyIndex.of_texts(first).save(folder / FILE)
+    generator = Generator.load(folder, device="cpu")
+    want = generator.generate("", 6, **options)
+    assert want != first and not any(generator.copy_index.copies(t) for t in want)
+    body = {"prompt": "", "n": 6, "seed": 7, "max_tokens": 40}
+    with TestClient(create_app(generator, max_rows=16)) as test_client:
+        reply = test_client.post("/v1/completions", json=body).json()
+        assert [c["text"] for c in reply["choices"]] == want
+        texts = [""] * 6
+        with test_client.stream("POST", "/v1/completions", json={**body, "stream": True}) as events:
+            lines = [line for line in events.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        for line in lines[:-1]:
+            for choice in json.loads(line[len("data: "):])["choices"]:
+                texts[choice["index"]] += choice["text"]
+        assert texts == want
