@@ -38,8 +38,12 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     steps: list[float] = []
+    loaded: list[float] = []
 
     class StepClock(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):  # the base loaded and evaluated, nothing trained yet
+            loaded.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
         def on_step_begin(self, a, state, control, **kw):
             self.started = time.perf_counter()
 
@@ -56,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
     config = TrainConfig(base_model=str(args.base), max_steps=args.steps, eval_steps=args.steps, early_stopping=0,
                          batch_size=args.batch_size, block_size=args.block_size, precision="fp32",
                          learning_rate=args.lr_lora if args.mode == "lora" else args.lr_full,
-                         lora_rank=args.lora_rank, **MODES[args.mode])
+                         lora_rank=args.lora_rank, lora_dropout=args.lora_dropout, **MODES[args.mode])
     work = WorkDir(args.workdir)
     dataset = work.split(config).dataset()
     result = train(dataset, config, Path(args.workdir) / "runs" / args.mode)
@@ -64,7 +68,7 @@ def child(args: argparse.Namespace) -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"mode": args.mode, "steps": result.steps, "seconds_per_step": step,
                       "seconds_per_epoch": step * result.steps / result.epochs, "epochs_run": result.epochs,
-                      "peak_rss_mb": peak_mb, "perplexity_base": result.perplexity_before,
+                      "peak_rss_mb": peak_mb, "peak_rss_before_training_mb": loaded[0], "perplexity_base": result.perplexity_before,
                       "perplexity_after": result.perplexity_after, "train_tweets": len(dataset["train"]),
                       "validation_tweets": len(dataset["validation"]), "learning_rate": config.learning_rate}))
 
@@ -79,6 +83,7 @@ def main() -> int:
     parser.add_argument("--lr-full", type=float, default=5e-5)
     parser.add_argument("--lr-lora", type=float, default=5e-4)
     parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (%(default)s)")
     parser.add_argument("--modes", default="full,lora")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
@@ -98,10 +103,11 @@ def main() -> int:
                                  check=True, env=env, stdout=subprocess.PIPE, text=True).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), file=sys.stderr)
-    print("| mode | s / step | s / epoch | peak RSS (MB) | held-out perplexity: base -> after |")
+    print("| mode | s / step | s / epoch | peak RSS (MB): before training, in all | held-out perplexity: base -> after |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['mode']} | {r['seconds_per_step']:.2f} | {r['seconds_per_epoch']:.0f} | {r['peak_rss_mb']:.0f} | "
+        print(f"| {r['mode']} | {r['seconds_per_step']:.2f} | {r['seconds_per_epoch']:.0f} | "
+              f"{r['peak_rss_before_training_mb']:.0f}, {r['peak_rss_mb']:.0f} | "
               f"{r['perplexity_base']:.2f} -> {r['perplexity_after']:.2f} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -53,7 +53,8 @@ class TrainConfig:
                               "model is saved (a pretrained base only)")
     lora_rank: int = _knob(8, "LoRA: rank of the adapters")
     lora_alpha: float = _knob(16.0, "LoRA: scaling numerator (the update is scaled by alpha / rank)")
-    lora_dropout: float = _knob(0.05, "LoRA: dropout on the adapters' input")
+    lora_dropout: float = _knob(0.0, "LoRA: dropout on the adapters' input (0.05 cost SmolLM2-135M 30%% more time "
+                                     "per step and 0.9 GB more memory on a CPU)")
     lora_targets: str = _knob("", "LoRA: comma-separated module names to adapt (default: every attention and MLP "
                                   "projection of GPT-2 and llama-family models)")
 
