@@ -65,7 +65,7 @@ class Server:
 
     def __init__(self, model: str, batching: bool, threads: int | None) -> None:
         self.port = free_port()
-        command = [sys.executable, "-m", "tweetgen.serve.app", "-m", model, "--host", HOST, "--port", str(self.port),
+        command = [sys.executable, "-m", "tweetgen.serve", "-m", model, "--host", HOST, "--port", str(self.port),
                    "--max-queue", "256", "--device", "cpu"]
         if not batching:
             command.append("--no-batching")

@@ -213,7 +213,9 @@ class Scheduler:
         self._thread.join()
 
     def submit(self, job: Job) -> None:
-        """Queue a job; QueueFull when max_queue jobs already wait."""
+        """Queue a job; QueueFull when max_queue jobs already wait, ValueError when its rows can never fit."""
+        if job.n > self.max_rows:
+            raise ValueError(f"n={job.n} rows do not fit a batch of at most {self.max_rows} rows")
         with self._wake:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting, the most this server queues")

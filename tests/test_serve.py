@@ -253,3 +253,19 @@ def test_the_copy_check_applies_as_in_generate(tmp_path):
             for choice in json.loads(line[len("data: "):])["choices"]:
                 texts[choice["index"]] += choice["text"]
         assert texts == want
+
+
+def test_the_command_refuses_a_missing_model_and_bad_limits(tmp_path, capsys):
+    from tweetgen.serve import main
+
+    assert main(["-m", str(tmp_path / "nowhere"), "--port", "0"]) == 1
+    assert "Error:" in capsys.readouterr().err
+    assert main(["-m", str(TINY_GPT2_FUSED), "--max-rows", "0"]) == 1
+    assert "--max-rows must be from 1 to 1024" in capsys.readouterr().err
+
+
+def test_a_job_whose_rows_can_never_fit_is_refused(fused):
+    scheduler = Scheduler(fused, max_rows=4)
+    ids, held = fused._encode("x", None)
+    with pytest.raises(ValueError, match="n=5 rows do not fit a batch of at most 4 rows"):
+        scheduler.submit(Job(ids=ids, n=5, request=fused.request(), held=held, emit=lambda *a: None))

@@ -1,0 +1,7 @@
+"""`python -m tweetgen.serve` is `tweetgen-serve`."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())
