@@ -179,6 +179,7 @@ def test_a_tweets_file_that_is_a_symlink_is_read_through_it(tmp_path):
 
 @pytest.mark.parametrize("index", ["[not json", "[1, 2]", "\udcff"])
 def test_a_corrupt_sources_index_costs_a_re_read_and_loses_nothing(tmp_path, index):
+    pytest.importorskip("rich")  # the command's logging and tables
     source = tmp_path / "tweets.txt"
     source.write_text("\n".join(LINES) + "\n")
     work = tmp_path / "work"
