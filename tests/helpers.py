@@ -55,3 +55,33 @@ def tiny_config(**changes):
 
     return TrainConfig(**{"base_model": str(TINY_GPT2_HF), "epochs": 2, "batch_size": 4, "block_size": 32,
                           "learning_rate": 2e-3, "early_stopping": 0, **changes})
+
+
+# --- tweetgen-serve on loopback ---
+
+def serving(app, backlog: int = 64):
+    """A context manager running `app` on a real uvicorn server at 127.0.0.1 (a free port) and giving its base URL.
+    The socket listens before the server's thread starts, so requests wait in its backlog instead of anybody polling
+    for the server to be up."""
+    import contextlib
+    import socket
+    import threading
+
+    import uvicorn
+
+    @contextlib.contextmanager
+    def running():
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(backlog)
+        instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            instance.should_exit = True
+            thread.join()
+            sock.close()
+
+    return running()

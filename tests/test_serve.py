@@ -13,7 +13,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from helpers import TINY_GPT2_FUSED  # noqa: E402
+from helpers import TINY_GPT2_FUSED, serving  # noqa: E402
 from tweetgen.batching import Job, Scheduler  # noqa: E402
 from tweetgen.serve import create_app  # noqa: E402
 
@@ -37,19 +37,9 @@ def client(fused):
 
 @pytest.fixture(scope="module")
 def server(fused):
-    """A real uvicorn server on 127.0.0.1: the socket listens before the thread starts, so requests wait in its
-    backlog instead of anybody polling for the server to be up."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    config = uvicorn.Config(create_app(fused, max_rows=16), log_level="warning")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    instance.should_exit = True
-    thread.join()
-    sock.close()
+    """A real uvicorn server on 127.0.0.1 (helpers.serving)."""
+    with serving(create_app(fused, max_rows=16)) as url:
+        yield url
 
 
 def test_the_openai_client_gets_the_generators_texts(server, fused):
@@ -202,14 +192,8 @@ def test_a_client_that_goes_away_frees_its_rows(fused):
 
     app = create_app(fused, max_rows=16)
     scheduler = app.state.scheduler
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(8)
-    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1])
+    with serving(app, backlog=8) as base:
+        connection = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]))
         body = {"prompt": "My dream is", "n": 2, "max_tokens": 100, "min_tokens": 100, "stream": True, "seed": 0}
         connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         response = connection.getresponse()
@@ -218,10 +202,6 @@ def test_a_client_that_goes_away_frees_its_rows(fused):
         connection.close()
         assert scheduler.wait_idle(60)
         assert scheduler.cancelled_rows == 2 and scheduler.steps < 100
-    finally:
-        instance.should_exit = True
-        thread.join()
-        sock.close()
 
 
 def test_the_copy_check_applies_as_in_generate(tmp_path):

@@ -3,8 +3,6 @@ Selenium) chooses a voice, types the start of a tweet, clicks, and sees the twee
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 
 import pytest
 
@@ -16,7 +14,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from helpers import TINY_GPT2_FUSED  # noqa: E402
+from helpers import TINY_GPT2_FUSED, serving  # noqa: E402
 from tweetgen.serve import create_app  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,17 +40,9 @@ def browser():
 def url():
     from tweetgen import Generator
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
     app = create_app(Generator.load(TINY_GPT2_FUSED, device="cpu"), max_rows=16)
-    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    instance.should_exit = True
-    thread.join()
-    sock.close()
+    with serving(app, backlog=16) as base:
+        yield base + "/"
 
 
 def test_the_page_streams_tweet_cards_in_a_browser(browser, url, tmp_path):
