@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -303,7 +304,7 @@ def create_app(generator, *, batching: bool = True, max_rows: int = 64, max_queu
              "context_length": generator.engine.context_length}]})
 
     async def health(_: HttpRequest) -> Response:
-        return JSONResponse({"status": "ok", "model": service.name, "batching": scheduler.batching,
+        return JSONResponse({"status": "ok", "model": service.name, "pid": os.getpid(), "batching": scheduler.batching,
                              "waiting": scheduler.waiting, "max_rows": scheduler.max_rows})
 
     async def index(_: HttpRequest) -> Response:
@@ -365,7 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests waiting at most; more get 503 with Retry-After (default 64)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "int8", "fp16", "int4"), default="auto")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per core; with --ray, the cores over "
+                                                    "the replicas)")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve through Ray Serve: --replicas copies of the app behind Ray's proxy (the `ray` "
+                             "extra; joins $RAY_ADDRESS when set, else starts Ray on this machine)")
+    parser.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (default 1)")
     return parser
 
 
@@ -381,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 1 <= args.max_rows <= 1024 or not 0 <= args.max_queue <= 100_000:
             raise ValueError("--max-rows must be from 1 to 1024 and --max-queue from 0 to 100000")
+        if args.replicas != 1 and not args.ray:
+            raise ValueError("--replicas needs --ray (one process serves one replica)")
+        if not 1 <= args.replicas <= 256:
+            raise ValueError(f"--replicas must be from 1 to 256, not {args.replicas}")
+        if args.ray:
+            return _serve_on_ray(args, resolve_model(args.model))
         generator = Generator.load(resolve_model(args.model), device=args.device, precision=args.precision,
                                    threads=args.threads)
     except (TweetgenError, ValueError, TypeError) as exc:
@@ -389,6 +401,25 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(generator, batching=not args.no_batching, max_rows=args.max_rows, max_queue=args.max_queue)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, model: str) -> int:
+    from pathlib import Path
+
+    from ..folder import read_folder
+
+    try:
+        import ray.serve  # noqa: F401  (the extra's presence, checked before anything starts)
+
+        from .ray_app import serve_on_ray
+    except ImportError as exc:
+        print(f"Error: --ray needs Ray Serve ({exc.name} is not installed): pip install \"tweetgen[ray]\"",
+              file=sys.stderr)
+        return 1
+    folder = read_folder(model)  # a bad folder is this command's error, not a replica's crash loop
+    return serve_on_ray(str(Path(folder.path).resolve()), host=args.host, port=args.port, replicas=args.replicas,
+                        threads=args.threads, device=args.device, precision=args.precision,
+                        batching=not args.no_batching, max_rows=args.max_rows, max_queue=args.max_queue)
 
 
 if __name__ == "__main__":
