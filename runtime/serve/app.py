@@ -32,7 +32,7 @@ NEUTRAL = {"echo": (False, None), "logprobs": (None, 0), "presence_penalty": (0,
            "frequency_penalty": (0, 0.0, None), "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}),
            "stream_options": (None,)}
 FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "seed", "stop", "stream", "user",
-          "voice", "min_tokens", *NEUTRAL}
+          "voice", "min_tokens", "max_chars", *NEUTRAL}
 
 
 class BadRequest(Exception):
@@ -114,6 +114,9 @@ class Service:
             "seed": _int(body, "seed", 0, 2**63 - 1, None),
             "min_new_tokens": _int(body, "min_tokens", 0, context - 1, 0),
         }
+        # tweetgen's extra: the cut on a word boundary (a tweet's 280 by default); null: no cut
+        options["max_chars"] = None if "max_chars" in body and body["max_chars"] is None \
+            else _int(body, "max_chars", 1, 1 << 20, 280)
         if options["min_new_tokens"] > options["max_new_tokens"]:
             raise BadRequest(422, f"min_tokens ({options['min_new_tokens']}) must not exceed max_tokens "
                                   f"({options['max_new_tokens']})", "min_tokens", "out_of_range")
@@ -144,7 +147,8 @@ class Service:
             ids, held = gen._encode(prompt, voice)
             request = gen.request(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
                                   top_k=options["top_k"], top_p=options["top_p"], seed=options["seed"], user=voice,
-                                  stop=options["stop"], min_new_tokens=options["min_new_tokens"])
+                                  stop=options["stop"], min_new_tokens=options["min_new_tokens"],
+                                  max_chars=options["max_chars"])
             gen.engine.check_length(len(ids), request.max_new_tokens)
         except ValueError as exc:
             raise BadRequest(422, str(exc), "prompt" if "prompt" in str(exc) else None, "invalid_value") from None
