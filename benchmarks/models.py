@@ -10,7 +10,8 @@ For each model, a folder `<cache>/<name>/` holds:
   onnx-optimum/    the same export with Optimum's own graph (GPT-2 only: tweetgen's is rebuilt with fused
                    operators that ORTModelForCausalLM cannot drive): the Optimum rows
   ct2-float32/, ct2-int8/                  CTranslate2 conversions (when ctranslate2 is installed)
-  gguf/model-f32.gguf, gguf/model-q8_0.gguf  llama.cpp conversions (when llama-cpp-python is installed)
+  gguf/model-{f32,q8_0,q4_0,q4_K_M}.gguf  llama.cpp conversions (when llama-cpp-python is installed): f32 and q8_0
+                   by llama.cpp's converter, the 4-bit kinds quantized from f32 by llama.cpp's own quantizer
   bench_model.json the manifest the workers read: which of these exist, and why a missing one is missing.
 
 Random weights time the same as trained ones: the engines force the full number of new tokens.
@@ -39,7 +40,9 @@ SHAPES = {
     "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2},  # the 50k vocabulary dominates: ~3.3M parameters
 }
 CT2_QUANTIZATIONS = ("float32", "int8")
-GGUF_TYPES = ("f32", "q8_0")
+GGUF_TYPES = ("f32", "q8_0")  # written by convert_hf_to_gguf.py
+# made from the f32 file by llama_model_quantize (llama.cpp's quantizer): its llama_ftype numbers
+GGUF_QUANTIZED = {"q4_0": 2, "q4_K_M": 15}
 
 
 @dataclass
@@ -201,10 +204,16 @@ def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) ->
             or export_int8_method(out) != int8_method_for(config) \
             or (wanted == "fused" and "attention_mask" not in graph_inputs(out / "model_quantized.onnx")):
         _export(hf, out, name, fp16, fuse=wanted == "fused")
-    elif fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
+        return
+    if fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
         from tweetgen.trainer.export.quantize import convert_fp16
 
         convert_fp16(out / "model.onnx", out / "model_fp16.onnx")
+    if wanted == "fused" and not (out / "model_q4.onnx").is_file():  # built before the 4-bit variant
+        from tweetgen.trainer.export.quantize import quantize_int4
+
+        print(f"[models] 4-bit variant -> {out / 'model_q4.onnx'}", file=sys.stderr)
+        quantize_int4(out / "model.onnx", out / "model_q4.onnx")
 
 
 def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
@@ -215,7 +224,7 @@ def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
           file=sys.stderr)
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     export_model(hf, out, info=export_folder_info(hf, name), int8=True, fp16=fp16, fuse=fuse,
-                 int8_method=int8_method_for(config))
+                 int8_method=int8_method_for(config), int4=fuse)
 
 
 def _add_ct2(models: ModelSet, hf: Path, root: Path) -> None:
@@ -261,6 +270,32 @@ def _add_gguf(models: ModelSet, hf: Path, root: Path, cache: Path) -> None:
                 models.notes.append(f"GGUF {kind} conversion failed (exit {exc.returncode}); see stderr above")
                 continue
         models.gguf[kind] = str(out)
+    for kind, ftype in GGUF_QUANTIZED.items():
+        out = root / "gguf" / f"model-{kind}.gguf"
+        if not out.is_file() and "f32" in models.gguf:
+            try:
+                _quantize_gguf(Path(models.gguf["f32"]), out, ftype)
+            except subprocess.CalledProcessError as exc:
+                models.notes.append(f"GGUF {kind} quantization failed (exit {exc.returncode}); see stderr above")
+                continue
+        if out.is_file():
+            models.gguf[kind] = str(out)
+
+
+def _quantize_gguf(source: Path, out: Path, ftype: int) -> None:
+    """llama.cpp's quantizer (llama_model_quantize, as its llama-quantize tool calls it) in a child process: a
+    crash in native code costs this one file, not the run. Written under a temporary name, then renamed."""
+    print(f"[models] GGUF ftype {ftype} -> {out}", file=sys.stderr)
+    partial = out.with_name(out.name + ".partial")
+    code = ("import ctypes, sys, llama_cpp\n"
+            "params = llama_cpp.llama_model_quantize_default_params()\n"
+            "params.ftype = int(sys.argv[3])\n"
+            "params.nthread = 0\n"
+            "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), "
+            "ctypes.byref(params)))\n")
+    subprocess.run([sys.executable, "-c", code, str(source), str(partial), str(ftype)], check=True,
+                   stdout=sys.stderr)
+    partial.replace(out)
 
 
 def find_gguf_converter(cache: Path, llama_version: str) -> Path:

@@ -1,16 +1,22 @@
-"""Load test of tweetgen-serve: continuous batching on against off, closed-loop clients on 127.0.0.1.
+"""Load test of tweetgen-serve: continuous batching on against off, and against llama.cpp's own server.
 
     PYTHONPATH=. python -m benchmarks.serve_load                         # exported/tweety, 1/8/32 clients
     PYTHONPATH=. python -m benchmarks.serve_load -m DIR --clients 1 8 32 --requests 4 --new-tokens 64
+    PYTHONPATH=. python -m benchmarks.serve_load -m CACHE/gpt2/onnx --precision int8 \
+        --llama-server build/bin/llama-server --gguf CACHE/gpt2/gguf/model-q8_0.gguf   # the same weights in q8_0
 
-Two fresh `tweetgen-serve` processes, batching on and off, are started on free ports of 127.0.0.1, and loaded in
-turn (alternating over --rounds, so that a shared machine's slow spells fall on both). At each concurrency C, C
-client threads each send requests one after another (closed loop: a client sends its next
-request when its last one is answered) until C x --requests requests are answered or --max-seconds pass. Every
-request asks for one tweet of exactly --new-tokens tokens (min_tokens = max_tokens; no character cut), so the two
-modes decode the same amount of work. Reported: tweets/s, p50 and p95 latency, the server's peak RSS and its CPU
-use while idle (a batching loop must not spin), the ratios on/off at each concurrency, and the latency of
-Generator.generate called directly in this process (no server) as the 1-client baseline.
+Fresh servers are started on free ports of 127.0.0.1: `tweetgen-serve` with batching on and off, and with
+--llama-server, llama.cpp's `llama-server` on --gguf with as many parallel slots as the most clients (continuous
+batching on, its default). They are loaded in turn, the order rotating over --rounds, so that a shared machine's slow
+spells fall on all, after one untimed request per client at the most clients on each (a warm-up). At each
+concurrency C, C client threads each send requests one after another (closed loop: a
+client sends its next request when its last one is answered) until C x --requests requests are answered or
+--max-seconds pass. Every request asks for one tweet of exactly --new-tokens tokens with the same sampling
+(temperature 1, top-k 50, top-p 0.95): tweetgen with min_tokens = max_tokens and no 280-character cut, llama.cpp
+with ignore_eos; an answer
+with another token count is counted apart and not timed. Reported: tweets/s, p50 and p95 latency, each server's
+peak RSS and its CPU use while idle (a batching loop must not spin), the ratios at each concurrency, and the latency
+of Generator.generate called directly in this process (no server) as the 1-client baseline.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +44,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+SAMPLING = {"temperature": 1.0, "top_k": 50, "top_p": 0.95}  # both servers take top_k beside OpenAI's fields
+
+
 def post(port: int, body: dict, timeout: float = 600) -> tuple[int, dict]:
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -45,6 +55,25 @@ def post(port: int, body: dict, timeout: float = 600) -> tuple[int, dict]:
         return response.status, json.loads(response.read())
     finally:
         connection.close()
+
+
+def wait_until_up(process: subprocess.Popen, port: int, what: str, seconds: float = 120) -> None:
+    """Poll GET /health until it answers 200 (llama-server answers 503 while it loads)."""
+    deadline = time.monotonic() + seconds
+    while True:  # a fresh process: nothing to wait on but its port
+        if process.poll() is not None:
+            process.log.seek(0)
+            raise SystemExit(f"{what} exited: {process.log.read()[-4000:]}")
+        try:
+            connection = http.client.HTTPConnection(HOST, port, timeout=5)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start within {seconds:.0f} s")
+        time.sleep(0.2)
 
 
 def proc_times(pid: int) -> float:
@@ -60,42 +89,67 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _start(command: list[str]) -> subprocess.Popen:
+    """A server process whose log goes to an unlinked temporary file: a pipe nobody reads would fill and stall a
+    chatty server (llama-server logs every request)."""
+    log = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    return process
+
+
 class Server:
     """A tweetgen-serve process of our own on 127.0.0.1."""
 
-    def __init__(self, model: str, batching: bool, threads: int | None) -> None:
+    def __init__(self, model: str, batching: bool, threads: int | None, precision: str = "auto") -> None:
         self.port = free_port()
         command = [sys.executable, "-m", "tweetgen.serve", "-m", model, "--host", HOST, "--port", str(self.port),
-                   "--max-queue", "256", "--device", "cpu"]
+                   "--max-queue", "256", "--device", "cpu", "--precision", precision]
         if not batching:
             command.append("--no-batching")
         if threads:
             command += ["--threads", str(threads)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while True:  # a fresh process: nothing to wait on but its port
-            if self.process.poll() is not None:
-                raise SystemExit(f"tweetgen-serve exited: {self.process.stderr.read()}")
-            try:
-                connection = http.client.HTTPConnection(HOST, self.port, timeout=5)
-                connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("tweetgen-serve did not start within 120 s") from None
-                time.sleep(0.2)
+        self.process = _start(command)
+        wait_until_up(self.process, self.port, "tweetgen-serve")
+
+    def body(self, prompt: str, new_tokens: int, seed: int, voice: str | None) -> dict:
+        body = {"prompt": prompt, "max_tokens": new_tokens, "min_tokens": new_tokens, "max_chars": None, "seed": seed,
+                **SAMPLING}
+        if voice:
+            body["voice"] = voice
+        return body
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(30)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.log.close()
 
 
-def load(port: int, clients: int, requests: int, max_seconds: float, new_tokens: int, prompt: str,
+class LlamaServer(Server):
+    """llama.cpp's llama-server on a GGUF file, `slots` parallel slots of `slot_context` tokens each."""
+
+    def __init__(self, binary: str, gguf: str, threads: int | None, slots: int, slot_context: int) -> None:
+        self.port = free_port()
+        threads = threads or os.cpu_count() or 1
+        command = [binary, "-m", gguf, "--host", HOST, "--port", str(self.port), "-t", str(threads), "-tb",
+                   str(threads), "-np", str(slots), "-c", str(slots * slot_context), "-ngl", "0", "--no-webui"]
+        self.process = _start(command)
+        wait_until_up(self.process, self.port, "llama-server")
+
+    def body(self, prompt: str, new_tokens: int, seed: int, voice: str | None) -> dict:
+        return {"prompt": prompt, "max_tokens": new_tokens, "ignore_eos": True, "seed": seed, **SAMPLING}
+
+
+def load(server: Server, clients: int, requests: int, max_seconds: float, new_tokens: int, prompt: str,
          voice: str | None) -> dict:
     """C closed-loop clients; latencies of the answered requests, wall time, status counts."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    wrong_length = [0]
     lock = threading.Lock()
     left = [clients * requests]
     deadline = time.monotonic() + max_seconds
@@ -107,16 +161,16 @@ def load(port: int, clients: int, requests: int, max_seconds: float, new_tokens:
                 if left[0] <= 0:
                     return
                 left[0] -= 1
-            body = {"prompt": prompt, "max_tokens": new_tokens, "min_tokens": new_tokens, "seed": index * 1000 + count}
-            if voice:
-                body["voice"] = voice
+            body = server.body(prompt, new_tokens, index * 1000 + count, voice)
             start = time.perf_counter()
-            status, _ = post(port, body)
+            status, reply = post(server.port, body)
             took = time.perf_counter() - start
             count += 1
             with lock:
                 statuses[status] = statuses.get(status, 0) + 1
-                if status == 200:
+                if status == 200 and reply.get("usage", {}).get("completion_tokens") != new_tokens:
+                    wrong_length[0] += 1  # not the work asked for: not timed
+                elif status == 200:
                     latencies.append(took)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -128,10 +182,18 @@ def load(port: int, clients: int, requests: int, max_seconds: float, new_tokens:
     wall = time.perf_counter() - start
     latencies.sort()
     return {"clients": clients, "answered": len(latencies), "seconds": wall, "statuses": statuses,
-            "latencies": list(latencies),
+            "wrong_length": wrong_length[0], "latencies": list(latencies),
             "tweets_per_s": len(latencies) / wall if wall else 0.0,
             "p50_s": statistics.median(latencies) if latencies else float("nan"),
-            "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else float("nan")}
+            "p95_s": _p95(latencies)}
+
+
+def _ratio(mine: float, theirs: float) -> str:
+    return f"{mine / theirs:.2f}" if theirs and theirs == theirs and mine == mine else "n/a"
+
+
+def _p95(latencies: list[float]) -> float:
+    return latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else float("nan")
 
 
 MALFORMED = [b'{"prompt": "My', b"[1, 2]", b"\xff\xfe", b'{"prompt": 5}', b'{"prompt": "x", "n": "3"}',
@@ -162,16 +224,16 @@ def malformed(port: int, count: int) -> dict[int, int]:
 
 
 def direct_latency(model: str, new_tokens: int, prompt: str, voice: str | None, repeats: int,
-                   threads: int | None) -> float:
+                   threads: int | None, precision: str = "auto") -> float:
     """Median seconds of Generator.generate for one tweet of new_tokens tokens, in this process."""
     from tweetgen import Generator
 
-    generator = Generator.load(model, device="cpu", threads=threads)
+    generator = Generator.load(model, device="cpu", threads=threads, precision=precision)
     times = []
     for seed in range(repeats):
         start = time.perf_counter()
         generator.generate(prompt, seed=seed, max_new_tokens=new_tokens, min_new_tokens=new_tokens, max_chars=None,
-                           user=voice, allow_copies=True)
+                           user=voice, allow_copies=True, **SAMPLING)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -179,27 +241,32 @@ def direct_latency(model: str, new_tokens: int, prompt: str, voice: str | None, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-m", "--model", default=str(REPO / "exported" / "tweety"))
+    parser.add_argument("--precision", default="auto", help="tweetgen-serve's --precision (default auto)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=4, help="requests per client at each concurrency and round (4)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds, the modes alternating within each (2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, the servers' order rotating (2)")
     parser.add_argument("--max-seconds", type=float, default=120, help="bound on each concurrency's run (120)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt", default="My dream is")
     parser.add_argument("--voice", help="a voice of a multi-user model (default: the model's first)")
-    parser.add_argument("--threads", type=int, help="onnxruntime threads of the server (default: one per core)")
+    parser.add_argument("--threads", type=int, help="threads of each server (default: one per core)")
+    parser.add_argument("--llama-server", help="llama.cpp's llama-server binary: adds it as a peer, on --gguf")
+    parser.add_argument("--gguf", help="the GGUF file llama-server loads (the same weights as --model)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--malformed", type=int, default=0,
                         help="instead: send this many malformed requests, count the answers by status, then a good one")
     args = parser.parse_args(argv)
     if not all(1 <= c <= 256 for c in args.clients) or not 1 <= args.requests <= 100 or not 1 <= args.rounds <= 20:
         parser.error("--clients must be from 1 to 256, --requests from 1 to 100 and --rounds from 1 to 20")
+    if bool(args.llama_server) != bool(args.gguf):
+        parser.error("--llama-server and --gguf go together")
     voice = args.voice
     if voice is None:
         users = json.loads((Path(args.model) / "tweetgen.json").read_text()).get("users", {}) \
             if (Path(args.model) / "tweetgen.json").is_file() else {}
         voice = sorted(users)[0] if users else None
     if args.malformed:
-        server = Server(args.model, True, args.threads)
+        server = Server(args.model, True, args.threads, args.precision)
         try:
             counts = malformed(server.port, args.malformed)
             status, reply = post(server.port, {"prompt": args.prompt, "max_tokens": 8, "seed": 0})
@@ -208,62 +275,86 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
         return 0
-    results: dict = {"model": args.model, "new_tokens": args.new_tokens, "rounds": args.rounds, "runs": {}}
-    modes = {"batching": True, "no-batching": False}
-    servers = {mode: Server(args.model, batching, args.threads) for mode, batching in modes.items()}
+    results: dict = {"model": args.model, "precision": args.precision, "gguf": args.gguf,
+                     "new_tokens": args.new_tokens, "rounds": args.rounds, "runs": {}, "per_round": []}
+    servers: dict[str, Server] = {}
     try:
+        servers["batching"] = Server(args.model, True, args.threads, args.precision)
+        servers["no-batching"] = Server(args.model, False, args.threads, args.precision)
+        if args.llama_server:
+            servers["llama.cpp"] = LlamaServer(args.llama_server, args.gguf, args.threads, max(args.clients),
+                                               args.new_tokens + 64)
+        modes = list(servers)
+        # Untimed: one request per client at the most clients, on every server. A fresh server's first batch pays
+        # once for what later ones reuse (the pages of its cache slots, each new batch shape's first run): without
+        # this, the first wave of requests set the tail latency (tweetgen-serve's p95 at 32 clients was 2-3x its
+        # p50 while a warm one's waves take the same time each).
+        for mode in modes:
+            load(servers[mode], max(args.clients), 1, args.max_seconds, args.new_tokens, args.prompt, voice)
         before = {mode: proc_times(server.process.pid) for mode, server in servers.items()}
-        time.sleep(2.0)  # both idle: how much CPU does a server use doing nothing?
+        time.sleep(2.0)  # all idle: how much CPU does a server use doing nothing?
         idle = {mode: (proc_times(server.process.pid) - before[mode]) / 2.0 for mode, server in servers.items()}
-        # the modes alternate (which one goes first too) round by round: a busy shared machine's slow spells fall
-        # on both
-        samples = {mode: {c: {"latencies": [], "seconds": 0.0, "answered": 0, "statuses": {}} for c in args.clients}
-                   for mode in modes}
+        samples = {mode: {c: {"latencies": [], "seconds": 0.0, "answered": 0, "wrong_length": 0, "statuses": {}}
+                          for c in args.clients} for mode in modes}
         for round_ in range(args.rounds):
             for clients in args.clients:
-                order = list(modes) if round_ % 2 == 0 else list(modes)[::-1]
+                # the order rotates round by round: a busy shared machine's slow spells fall on every server
+                order = modes[round_ % len(modes):] + modes[:round_ % len(modes)]
+                this_round = {"round": round_ + 1, "clients": clients}
                 for mode in order:
-                    run = load(servers[mode].port, clients, args.requests, args.max_seconds, args.new_tokens,
+                    run = load(servers[mode], clients, args.requests, args.max_seconds, args.new_tokens,
                                args.prompt, voice)
                     into = samples[mode][clients]
                     into["latencies"] += run.pop("latencies")
-                    into["seconds"] += run["seconds"]
-                    into["answered"] += run["answered"]
+                    for key in ("seconds", "answered", "wrong_length"):
+                        into[key] += run[key]
                     for code, count in run["statuses"].items():
                         into["statuses"][code] = into["statuses"].get(code, 0) + count
+                    this_round[mode] = {key: run[key] for key in ("tweets_per_s", "p50_s", "p95_s")}
                     print(f"round {round_ + 1} {mode:12} {clients:3} clients: {run['tweets_per_s']:6.2f} tweets/s  "
-                          f"p50 {run['p50_s']:.3f} s  p95 {run['p95_s']:.3f} s", flush=True)
+                          f"p50 {run['p50_s']:.3f} s  p95 {run['p95_s']:.3f} s"
+                          + (f"  ({run['wrong_length']} of another length)" if run["wrong_length"] else ""),
+                          flush=True)
+                results["per_round"].append(this_round)
         for mode, server in servers.items():
             runs = []
             for clients in args.clients:
                 got = samples[mode][clients]
                 latencies = sorted(got["latencies"])
-                runs.append({"clients": clients, "answered": got["answered"], "seconds": got["seconds"],
-                             "statuses": got["statuses"], "tweets_per_s": got["answered"] / got["seconds"],
-                             "p50_s": statistics.median(latencies),
-                             "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]})
+                runs.append({"clients": clients, "answered": got["answered"], "wrong_length": got["wrong_length"],
+                             "seconds": got["seconds"], "statuses": got["statuses"],
+                             "tweets_per_s": got["answered"] / got["seconds"],
+                             "p50_s": statistics.median(latencies) if latencies else float("nan"),
+                             "p95_s": _p95(latencies)})
             results["runs"][mode] = {"runs": runs, "idle_cpu_fraction": idle[mode],
                                      "peak_rss_mb": peak_rss_mb(server.process.pid)}
     finally:
         for server in servers.values():
             server.stop()
-    print(f"\n{'mode':12} {'clients':>7} {'tweets/s':>9} {'p50 s':>7} {'p95 s':>7}  answered")
+    print(f"\n{'server':12} {'clients':>7} {'tweets/s':>9} {'p50 s':>7} {'p95 s':>7}  answered")
     for mode, result in results["runs"].items():
         for run in result["runs"]:
             print(f"{mode:12} {run['clients']:7} {run['tweets_per_s']:9.2f} {run['p50_s']:7.3f} {run['p95_s']:7.3f}  "
-                  f"{run['answered']} (status {run['statuses']})")
+                  f"{run['answered']} (status {run['statuses']}"
+                  + (f", {run['wrong_length']} of another length)" if run["wrong_length"] else ")"))
         print(f"{mode:12} idle CPU {result['idle_cpu_fraction']:.1%} of a core over 2 s, peak RSS "
               f"{result['peak_rss_mb']:.0f} MB")
-    direct = direct_latency(args.model, args.new_tokens, args.prompt, voice, 5, args.threads)
+    direct = direct_latency(args.model, args.new_tokens, args.prompt, voice, 5, args.threads, args.precision)
     results["direct_generate_s"] = direct
     print(f"\nGenerator.generate in-process, 1 tweet: {direct:.3f} s (median of 5)")
-    print("\nratios (batching / no batching):")
-    for on, off in zip(results["runs"]["batching"]["runs"], results["runs"]["no-batching"]["runs"]):
-        print(f"  {on['clients']:3} clients: tweets/s x{on['tweets_per_s'] / off['tweets_per_s']:.2f}, "
-              f"p50 latency x{on['p50_s'] / off['p50_s']:.2f}, p95 latency x{on['p95_s'] / off['p95_s']:.2f}")
+    peers = [peer for peer in ("no-batching", "llama.cpp") if peer in results["runs"]]
+    for peer in peers:
+        print(f"\nratios, tweetgen-serve (batching) / {peer}: all rounds together, then [round by round]")
+        for index, (on, off) in enumerate(zip(results["runs"]["batching"]["runs"], results["runs"][peer]["runs"])):
+            rounds = [r for r in results["per_round"] if r["clients"] == on["clients"]]
+            per = ", ".join(_ratio(r["batching"]["tweets_per_s"], r[peer]["tweets_per_s"]) for r in rounds)
+            per95 = ", ".join(_ratio(r["batching"]["p95_s"], r[peer]["p95_s"]) for r in rounds)
+            print(f"  {on['clients']:3} clients: tweets/s x{_ratio(on['tweets_per_s'], off['tweets_per_s'])} [{per}], "
+                  f"p50 latency x{_ratio(on['p50_s'], off['p50_s'])}, p95 latency x{_ratio(on['p95_s'], off['p95_s'])} "
+                  f"[{per95}]")
     one = results["runs"]["batching"]["runs"][0]
     if one["clients"] == 1:
-        print(f"  1 client, batching server p50 / direct generate: x{one['p50_s'] / direct:.2f}")
+        print(f"\n1 client, batching server p50 / direct generate: x{one['p50_s'] / direct:.2f}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0

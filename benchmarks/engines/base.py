@@ -64,7 +64,7 @@ def require(module: str, hint: str):
 def tweetgen_variants(onnx_dir: str | Path) -> dict[str, str]:
     """Variant name -> ONNX file for every model*.onnx in the folder: the shipped fp32/int8/fp16 and any extra graph
     (e.g. model_optimized.onnx -> "optimized"), so that a new variant the runtime ships is benchmarked with no change."""
-    known = {"model.onnx": "fp32", "model_quantized.onnx": "int8", "model_fp16.onnx": "fp16"}
+    known = {"model.onnx": "fp32", "model_quantized.onnx": "int8", "model_fp16.onnx": "fp16", "model_q4.onnx": "int4"}
     folder = Path(onnx_dir)
     found = {name: file for file, name in known.items() if (folder / file).is_file()}
     for path in sorted(folder.glob("model*.onnx")):
@@ -100,6 +100,8 @@ def engine_specs(models: ModelSet, *, gpu: bool) -> list[EngineSpec]:
         EngineSpec("ct2-int8", "ct2", "int8", "ct2", "int8"),
         EngineSpec("llamacpp-f32", "llamacpp", "f32", "llamacpp", "fp32"),
         EngineSpec("llamacpp-q8_0", "llamacpp", "q8_0", "llamacpp", "int8"),
+        EngineSpec("llamacpp-q4_0", "llamacpp", "q4_0", "llamacpp", "int8"),
+        EngineSpec("llamacpp-q4_K_M", "llamacpp", "q4_K_M", "llamacpp", "int8"),
     ]
     if gpu:
         specs += [

@@ -1,4 +1,5 @@
-"""llama.cpp through llama-cpp-python on GGUF conversions (f32 and q8_0). It has no batching: n rows run one by one."""
+"""llama.cpp through llama-cpp-python on GGUF conversions (f32, q8_0, q4_0, q4_K_M). It has no batching: n rows run one
+by one."""
 
 from __future__ import annotations
 

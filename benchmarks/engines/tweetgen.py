@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchmarks.engines.base import SAMPLING, SMALL_PAGES, BenchEngine, Unavailable
 
-_PRECISIONS = {"model.onnx": "fp32", "model_quantized.onnx": "int8", "model_fp16.onnx": "fp16"}
+_PRECISIONS = {"model.onnx": "fp32", "model_quantized.onnx": "int8", "model_fp16.onnx": "fp16", "model_q4.onnx": "int4"}
 
 
 class TweetgenEngine(BenchEngine):
