@@ -11,6 +11,8 @@ from benchmarks.engines.base import SMALL_PAGES, precision_of
 from benchmarks.models import ModelSet
 
 REFERENCE = "tweetgen-fp32"  # every other row's greedy ids are compared with this one's
+INT4 = "tweetgen-int4"
+QUARTER_PEERS = ("llamacpp-q4_0", "llamacpp-q4_K_M")  # llama.cpp's 4-bit rows, against tweetgen's
 PPL_TOLERANCE = 0.03  # int8 perplexity may exceed fp32's by this fraction
 SHARED_TWEETS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets" / "dril" / "dril_tweets.csv"
 PPL_TEXTS = 200  # held-out texts scored
@@ -172,6 +174,8 @@ def ratios(summary: dict) -> dict:
                 f"{int8} 5x64 sampled: tok/s": sample.get("tok_s"),
                 f"{int8} peak RSS MB": rows.get(int8, {}).get("peak_rss_mb"),
             })
+        for peer in QUARTER_PEERS:
+            out[model][f"{INT4} / {peer}"] = _ratio(_tok_s(rows, INT4), _tok_s(rows, peer))
         out[model]["tweetgen-run cold start to first tweet: s"] = data["cold_start"].get("first_tweet_s")
         out[model].update(_gpu_ratios(rows))
         targets = {row for pair in _target_rows(rows) for row in pair}
@@ -214,6 +218,8 @@ def round_ratios(raw: dict[str, dict[str, list[dict]]], summary: dict) -> dict:
                           f"{int8} / optimum-int8": (int8, "optimum-int8", "short"),
                           f"{int8} / pytorch-fp32": (int8, "pytorch-fp32", "short"),
                           f"{fp32} / best fp32 peer ({best_fp32})": (fp32, best_fp32, "short")})
+        for peer in QUARTER_PEERS:
+            pairs[f"{INT4} / {peer}"] = (INT4, peer, "short")
         out[model] = {}
         for name, (mine, peer, key) in pairs.items():
             rounds = zip(engines.get(mine, []), engines.get(peer, []))
@@ -228,7 +234,25 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 TABLE_HEAD = ("| engine | load s | TTFT ms | decode ms/tok | tok/s | 200-tok prompt TTFT ms / tok/s "
-              "| 5x64 sampled s / tok/s | peak RSS MB | model MB | install MB | greedy = fp32 |")
+              "| 5x64 sampled s / tok/s | peak RSS MB | model MB | MB read a token / floor ms / % of floor "
+              "| install MB | greedy = fp32 |")
+
+
+def _floor(results: dict, model: str, engine: str, decode_ms: float | None) -> str:
+    """'MB / floor ms / % of floor' of one row: its bytes a token over the best copy bandwidth measured."""
+    floor = results.get("floor") or {}
+    read = (floor.get("bytes_per_token") or {}).get(model, {}).get(engine)
+    bandwidth = max(floor.get("copy_bandwidth_gbs") or [0])
+    if not read or not bandwidth:
+        return "-"
+    floor_ms = read / (bandwidth * 1e9) * 1e3
+    share = f"{floor_ms / decode_ms:.0%}" if decode_ms else "-"
+    return f"{read / 1e6:.0f} / {floor_ms:.2f} / {share}"
+
+
+def worst_rounds(per_round: dict[str, list[float | None]]) -> dict[str, float | None]:
+    """Each ratio's worst round (the headline: a lead must hold in every round)."""
+    return {name: min((v for v in values if v is not None), default=None) for name, values in per_round.items()}
 
 
 def print_report(results: dict, out=sys.stdout) -> None:
@@ -240,7 +264,7 @@ def print_report(results: dict, out=sys.stdout) -> None:
     installs = results["install_mb"]
     for model, data in results["summary"].items():
         correct = results["correctness"].get(model, {})
-        print(f"\n## {model}\n\n{TABLE_HEAD}\n|{'---|' * 11}", file=out)
+        print(f"\n## {model}\n\n{TABLE_HEAD}\n|{'---|' * 12}", file=out)
         skipped = []
         for engine, row in data["engines"].items():
             if row["status"] != "ok":
@@ -252,10 +276,11 @@ def print_report(results: dict, out=sys.stdout) -> None:
             print(f"| {engine} | {_fmt(row['load_s'], 2)} | {_fmt(short.get('ttft_ms'))} | "
                   f"{_fmt(short.get('decode_ms'))} | {_fmt(short.get('tok_s'))} | {_fmt(long.get('ttft_ms'))} / "
                   f"{_fmt(long.get('tok_s'))} | {_fmt(sample.get('total_s'), 2)} / {_fmt(sample.get('tok_s'))} | "
-                  f"{_fmt(row['peak_rss_mb'], 0)} | {_fmt(row['model_mb'], 0)} | {_fmt(install, 0)} | {verdict} |",
+                  f"{_fmt(row['peak_rss_mb'], 0)} | {_fmt(row['model_mb'], 0)} | "
+                  f"{_floor(results, model, engine, short.get('decode_ms'))} | {_fmt(install, 0)} | {verdict} |",
                   file=out)
         if results["gpu"].startswith("not measured"):
-            print("| GPU: tweetgen CUDA fp16 / PyTorch CUDA | not measured: no GPU here |" + " |" * 9, file=out)
+            print("| GPU: tweetgen CUDA fp16 / PyTorch CUDA | not measured: no GPU here |" + " |" * 10, file=out)
         for note in results["models"].get(model, {}).get("notes", []):
             print(f"\nnote: {note}", file=out)
         if skipped:
@@ -266,9 +291,15 @@ def print_report(results: dict, out=sys.stdout) -> None:
             print(f"- {name}: {_fmt(value, 2)}", file=out)
         per_round = results.get("round_ratios", {}).get(model, {})
         if per_round:
-            print("\nthe same ratios round by round (each round's fastest repeat of each row):", file=out)
-            for name, values in per_round.items():
-                print(f"- {name}: {', '.join(_fmt(v, 2) for v in values)}", file=out)
+            print("\nheadline: each decode ratio's WORST round [every round] (each round's fastest repeat of each "
+                  "row; the overall ratios above take each row's fastest repeat of any round):", file=out)
+            for name, worst in worst_rounds(per_round).items():
+                print(f"- {name}: {_fmt(worst, 2)} [{', '.join(_fmt(v, 2) for v in per_round[name])}]", file=out)
+    floor = results.get("floor")
+    if floor:
+        print(f"\ncopy bandwidth (floor probe, {results['settings']['threads']} threads, read + written bytes): "
+              + " -> ".join(f"{g:.1f}" for g in floor["copy_bandwidth_gbs"]) + " GB/s (start -> end; the floor "
+              "uses the higher)", file=out)
     print(f"\ninstalled size (MB, distributions' files; method in benchmarks/sizes.py): "
           + ", ".join(f"{k} {v['mb']:.0f}" + (" (lower bound: missing " + ", ".join(v["missing"]) + ")"
                                                 if v["missing"] else "") for k, v in installs.items()), file=out)

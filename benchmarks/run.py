@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks import models as model_builder
 from benchmarks.engines.base import engine_specs
+from benchmarks.floor import copy_bandwidth_gbs, row_bytes_per_token
 from benchmarks.models import DEFAULT_CACHE, ModelSet
 from benchmarks.report import (check_correctness, perplexity_check, print_report, ratios, round_ratios, summarize,
                                write_chart)
@@ -125,6 +126,10 @@ def benchmark(args: argparse.Namespace) -> dict:
     raw: dict[str, dict[str, list[dict]]] = {m.name: {} for m in built}
     colds: dict[str, list[dict]] = {m.name: [] for m in built}
     plan = [(m, spec) for m in built for spec in selected(m, args.engines, gpu)]
+    per_token = {m.name: {} for m in built}
+    for models, spec in plan:
+        if spec.device == "cpu":
+            per_token[models.name][spec.name] = row_bytes_per_token(spec.name, spec.family, spec.variant, models)
     for round_index in range(args.rounds):
         # Interleave: each round starts at a different row and alternates direction, so drift in the machine's
         # load spreads over all engines instead of landing on the last ones.
@@ -140,7 +145,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         if not args.no_cold_start:
             for models in built:
                 colds[models.name].append(cold_start(models))
-    return {"raw": raw, "cold_start_raw": colds, "models": built, "gpu": gpu}
+    return {"raw": raw, "cold_start_raw": colds, "models": built, "gpu": gpu, "bytes_per_token": per_token}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -189,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = environment(args)
     started = time.time()
+    bandwidth = [copy_bandwidth_gbs(args.threads)]  # the memory floor's probe, before and after the rows
     measured = benchmark(args)
+    bandwidth.append(copy_bandwidth_gbs(args.threads))
     summary = summarize(measured["raw"], measured["cold_start_raw"])
     results = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -208,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw": measured["raw"],
         "cold_start_raw": measured["cold_start_raw"],
     }
+    results["floor"] = {"copy_bandwidth_gbs": bandwidth, "bytes_per_token": measured["bytes_per_token"],
+                        "method": "benchmarks/floor.py"}
     results["ratios"] = ratios(summary)
     results["round_ratios"] = round_ratios(measured["raw"], summary)
     results["environment"]["load_average_end"] = os.getloadavg()

@@ -77,6 +77,12 @@ def test_one_run_writes_the_json_with_every_column(tiny_with_int8, tmp_path, mon
         "trainer": {"mb": 2400.0, "missing": ["wandb"], "distributions": ["numpy", "tokenizers", "torch"]}}
     assert "tweetgen-int8 / llamacpp-q8_0" in results["ratios"]["tiny_gpt2"]
     assert (out / path.name.replace(".json", ".png")).is_file()
+    # the memory floor: the copy probe before and after, and each tweetgen row's bytes a token
+    floor = results["floor"]
+    assert len(floor["copy_bandwidth_gbs"]) == 2 and min(floor["copy_bandwidth_gbs"]) > 0
+    read = floor["bytes_per_token"]["tiny_gpt2"]
+    assert 0 < read["tweetgen-int8"] < read["tweetgen-fp32"] == read["tweetgen-optimized"]
+    assert read["tweetgen-fp32"] < rows["tweetgen-fp32"]["model_mb"] * 1e6  # the embedding table is looked up
 
 
 def _texts(tmp_path):
@@ -193,3 +199,32 @@ def test_the_gpu_rows_are_compared_with_pytorch_on_the_gpu_precision_for_precisi
     assert out["tweetgen-cuda-fp16 / pytorch-cuda-fp16, 5x64 sampled"] == 2
     assert out["tweetgen-cuda-fp32 / pytorch-cuda-fp32, batch-1"] is None  # the peer's row failed: no ratio
     assert not any(name.startswith("tweetgen-cuda") and "llamacpp" in name for name in out)  # no GPU-CPU ratios
+
+
+def test_bytes_a_token_leave_out_tables_that_are_only_looked_up(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.floor import onnx_bytes_per_token
+
+    table = numpy_helper.from_array(np.zeros((1000, 8), dtype=np.float32), "table")  # 32,000 bytes, looked up
+    weight = numpy_helper.from_array(np.zeros((8, 4), dtype=np.int8), "weight")  # 32 bytes, read whole
+    shared = numpy_helper.from_array(np.zeros((4, 8), dtype=np.float32), "shared")  # a Gather's and a MatMul's
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+             helper.make_node("Cast", ["rows"], ["rows8"], to=TensorProto.INT8),
+             helper.make_node("MatMulInteger", ["rows8", "weight"], ["mid"]),
+             helper.make_node("Gather", ["shared", "ids"], ["again"]),
+             helper.make_node("MatMul", ["again", "shared_t"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              initializer=[table, weight, shared])
+    graph.node[4].input[1] = "shared"  # the same tensor used both ways: read whole
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert onnx_bytes_per_token(path) == 32 + 4 * 8 * 4
+
+
+def test_the_headline_is_each_ratios_worst_round():
+    from benchmarks.report import worst_rounds
+
+    assert worst_rounds({"a / b": [1.6, 1.41, None, 1.5], "c / d": [None, None]}) == {"a / b": 1.41, "c / d": None}
