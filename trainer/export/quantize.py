@@ -79,7 +79,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, *, method: str = 
 
 
 def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: int = INT4_BLOCK,
-                  output_layer_bits: int = 8) -> int:
+                  output_layer_bits: int = 4) -> int:
     """Write a 4-bit copy of an ONNX decoder: the linear layers as 4-bit MatMulNBits (symmetric, a scale per
     `block_size` weights along the input, int8 compute), the token embedding int8 with a scale per row, and the
     output layer in `output_layer_bits` (8 or 4; the measurements behind the default are in benchmarks/README.md).
