@@ -209,11 +209,18 @@ def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) ->
         from tweetgen.trainer.export.quantize import convert_fp16
 
         convert_fp16(out / "model.onnx", out / "model_fp16.onnx")
-    if wanted == "fused" and not (out / "model_q4.onnx").is_file():  # built before the 4-bit variant
-        from tweetgen.trainer.export.quantize import quantize_int4
+    if wanted == "fused":
+        _ensure_int4(out)
+
+
+def _ensure_int4(out: Path) -> None:
+    """The 4-bit graph of a fused export. Random weights have no perplexity to choose a kind by: the fast kind, the
+    one the export keeps for trained GPT-2s."""
+    if not (out / "model_q4.onnx").is_file():
+        from tweetgen.trainer.export.quantize import INT4_KINDS, quantize_int4
 
         print(f"[models] 4-bit variant -> {out / 'model_q4.onnx'}", file=sys.stderr)
-        quantize_int4(out / "model.onnx", out / "model_q4.onnx")
+        quantize_int4(out / "model.onnx", out / "model_q4.onnx", **INT4_KINDS["fast"])
 
 
 def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
@@ -224,7 +231,9 @@ def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
           file=sys.stderr)
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     export_model(hf, out, info=export_folder_info(hf, name), int8=True, fp16=fp16, fuse=fuse,
-                 int8_method=int8_method_for(config), int4=fuse)
+                 int8_method=int8_method_for(config), int4=False)
+    if fuse:
+        _ensure_int4(out)
 
 
 def _add_ct2(models: ModelSet, hf: Path, root: Path) -> None:

@@ -48,12 +48,15 @@ class ModelFolder:
     info: dict[str, Any] = field(default_factory=dict)  # the whole tweetgen.json
 
     def variant_path(self, precision: str, device: str) -> Path:
-        """The ONNX file to run: `precision` "auto" takes int8 on CPU and fp16 on CUDA when present, else fp32, else
-        whichever variant the folder has."""
+        """The ONNX file to run: `precision` "auto" takes int8 on CPU (the 4-bit graph first when the export kept
+        its fast kind: it decodes faster at a perplexity within 1% of fp32's; benchmarks/README.md) and fp16 on CUDA
+        when present, else fp32, else whichever variant the folder has."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "auto":  # the first of these the folder has (read_folder made sure it has one)
-            order = ("fp16", "fp32", "int8", "int4") if device == "cuda" else ("int8", "int4", "fp32", "fp16")
+            fast4 = ((self.info.get("export") or {}).get("int4") or {}).get("kind") == "fast"
+            order = ("fp16", "fp32", "int8", "int4") if device == "cuda" else \
+                ("int4", "int8", "fp32", "fp16") if fast4 else ("int8", "int4", "fp32", "fp16")
             return next((self.path / VARIANTS[p] for p in order if (self.path / VARIANTS[p]).is_file()),
                         self.path / VARIANTS["fp32"])
         path = self.path / VARIANTS[precision]

@@ -439,13 +439,19 @@ def test_the_embedding_table_is_stored_int8_per_row_within_half_a_step(exported,
     assert (np.abs(table).max(axis=1) == 127).all()  # each row uses its whole range
 
 
+@pytest.mark.parametrize("kind, tolerance", [("fast", float("inf")), ("accurate", -1.0)])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_the_int4_variant_has_4_bit_layers_and_head_and_generates(tmp_path, arch):
-    from tweetgen.trainer.export.quantize import output_layer, prepare_for_quantization
+def test_the_int4_variant_is_the_fast_kind_within_tolerance_else_the_accurate_one(tmp_path, monkeypatch, arch, kind,
+                                                                                   tolerance):
+    from tweetgen.trainer.export import export as export_module
+    from tweetgen.trainer.export.quantize import INT4_KINDS, output_layer, prepare_for_quantization
 
+    monkeypatch.setattr(export_module, "INT4_FAST_TOLERANCE", tolerance)  # the fast kind passes, or can never
     out = tmp_path / arch
     report = export_model(FIXTURES / f"tiny_{arch}_hf", out, info=make_info(), eval_texts=EVAL_TEXTS, fp16=False,
                           int4=True)
+    assert report.int4_kind == kind
+    settings = INT4_KINDS[kind]
     fp32 = onnx.load(str(out / "model.onnx"))
     prepare_for_quantization(fp32)  # a tied output layer reads Transpose(embedding), folded into a constant here
     head = output_layer(fp32.graph)
@@ -454,14 +460,18 @@ def test_the_int4_variant_has_4_bit_layers_and_head_and_generates(tmp_path, arch
     bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
             for n in model.graph.node if n.op_type == "MatMulNBits"}
     assert len(bits) == report.int4_linear_layers == report.int8_linear_layers
-    assert bits.pop(f"{head}_Q4") == 4 and set(bits.values()) == {4}  # the output layer 4-bit too (measured)
+    head_bits = settings["output_layer_bits"]
+    assert bits.pop(f"{head}_Q{head_bits}") == head_bits and set(bits.values()) == {4}
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name != f"{head}_Q{head_bits}"]
+    assert {next(a.i for a in n.attribute if a.name == "block_size") for n in nodes} == {settings["block_size"]}
+    assert not [n.name for n in nodes if len(n.input) > 3 and n.input[3]]  # symmetric: no zero points
     weights = {init.name for init in model.graph.initializer}
     assert not [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert report.perplexity_int4 > 0 and report.int4_relative_diff == pytest.approx(
         report.perplexity_int4 / report.perplexity_fp32 - 1)
     info = json.loads((out / "tweetgen.json").read_text())
-    assert info["export"]["int4"]["perplexity_int4"] == report.perplexity_int4
-    assert "perplexity of the 4-bit variant" in (out / "README.md").read_text()
+    assert info["export"]["int4"]["perplexity_int4"] == report.perplexity_int4 and info["export"]["int4"]["kind"] == kind
+    assert f"perplexity of the 4-bit variant ({kind} kind)" in (out / "README.md").read_text()
     packed = {i.name: i for i in model.graph.initializer}
     for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
         attrs = {a.name: a.i for a in node.attribute}
@@ -471,4 +481,6 @@ def test_the_int4_variant_has_4_bit_layers_and_head_and_generates(tmp_path, arch
     assert generator.model_path.name == "model_q4.onnx"
     texts = generator.generate("My dream is", n=2, seed=0, max_new_tokens=8, user="bob")
     assert len(texts) == 2 and all(isinstance(t, str) and t.strip() for t in texts)
-    assert Generator.load(out, device="cpu").model_path.name == "model_quantized.onnx"  # auto: int8 first
+    # auto: the fast 4-bit kind first (it decodes faster within 1% of fp32's perplexity), else int8
+    auto = "model_q4.onnx" if kind == "fast" else "model_quantized.onnx"
+    assert Generator.load(out, device="cpu").model_path.name == auto

@@ -180,7 +180,8 @@ def _export_section(export: dict[str, Any]) -> str:
                      f"({int8['relative_diff']:+.2%}, over {int8['tokens']:,} tokens).")
     int4 = export.get("int4") or {}
     if int4.get("perplexity_int4") is not None:
-        lines.append(f"- Held-out perplexity of the 4-bit variant: {int4['perplexity_int4']:.3f} against fp32's "
+        kind = f" ({int4['kind']} kind)" if int4.get("kind") else ""
+        lines.append(f"- Held-out perplexity of the 4-bit variant{kind}: {int4['perplexity_int4']:.3f} against fp32's "
                      f"{int4['perplexity_fp32']:.3f} ({int4['relative_diff']:+.2%}).")
     return "\n".join(lines)
 

@@ -23,8 +23,8 @@ from tweetgen.errors import TweetgenError
 from tweetgen.trainer.export import swap
 from tweetgen.trainer.export.card import UNKNOWN_LICENSE, render_card
 from tweetgen.trainer.export.fuse import can_fuse, fused_graph, weights_of_folder
-from tweetgen.trainer.export.quantize import (INT8_METHODS, PROTOBUF_LIMIT, convert_fp16, quantize_int4, quantize_int8,
-                                              save_onnx)
+from tweetgen.trainer.export.quantize import (INT4_KINDS, INT8_METHODS, PROTOBUF_LIMIT, convert_fp16, quantize_int4,
+                                              quantize_int8, save_onnx)
 from tweetgen.trainer.export.info import (ExportError, ExportInfo, check_causal_lm, export_folder_info,
                                           write_folder_info, write_tokenizer_files)
 from tweetgen.trainer.export.report import ExportReport
@@ -41,6 +41,7 @@ VARIANT_FILES = ("model.onnx", "model_quantized.onnx", "model_fp16.onnx", "model
 REPLACEABLE_MARKERS = ("tweetgen.json", "model.onnx")  # an existing out_dir holding one of these may be replaced
 INT8_TOLERANCE = 0.03  # int8 perplexity may exceed fp32's by this fraction before the report warns
 INT4_TOLERANCE = 0.05  # the same for int4
+INT4_FAST_TOLERANCE = 0.01  # the fast 4-bit kind is kept within this of fp32's perplexity, else the accurate one
 FP16_TOLERANCE = 1.0  # max |logit| difference fp16 vs fp32 (on CPU) before the report warns
 
 
@@ -226,16 +227,25 @@ def _add_int8(tmp: Path, report: ExportReport, eval_texts: list[str] | None, met
 
 
 def _add_int4(tmp: Path, report: ExportReport, eval_texts: list[str] | None) -> ExportReport:
-    """The 4-bit variant, and (with held-out texts) its perplexity against fp32's."""
+    """The 4-bit variant: the fast kind when held-out texts show it within INT4_FAST_TOLERANCE of fp32, else the
+    accurate kind (also without texts: nothing to check the fast one against); its perplexity against fp32's."""
     from tweetgen.trainer.eval.perplexity import perplexity
 
     path = tmp / "model_q4.onnx"
-    report = _replace(report, int4_linear_layers=quantize_int4(tmp / "model.onnx", path))
     if not eval_texts:
-        return report
+        return _replace(report, int4_kind="accurate",
+                        int4_linear_layers=quantize_int4(tmp / "model.onnx", path, **INT4_KINDS["accurate"]))
     fp32 = report.perplexity_fp32 or perplexity(tmp / "model.onnx", eval_texts).perplexity
-    quantized = perplexity(path, eval_texts)
-    report = _replace(report, perplexity_fp32=fp32, perplexity_int4=quantized.perplexity, eval_tokens=quantized.tokens)
+    for kind in INT4_KINDS:
+        count = quantize_int4(tmp / "model.onnx", path, **INT4_KINDS[kind])
+        quantized = perplexity(path, eval_texts)
+        report = _replace(report, int4_linear_layers=count, int4_kind=kind, perplexity_fp32=fp32,
+                          perplexity_int4=quantized.perplexity, eval_tokens=quantized.tokens)
+        if kind == "fast" and report.int4_relative_diff > INT4_FAST_TOLERANCE:
+            log.info("int4 fast: perplexity %.3f is %.1f%% above fp32's %.3f; trying the accurate kind",
+                     quantized.perplexity, 100 * report.int4_relative_diff, fp32)
+            continue
+        break
     if report.int4_relative_diff > INT4_TOLERANCE:
         message = (f"int4 perplexity {quantized.perplexity:.3f} is {report.int4_relative_diff:.1%} above fp32's "
                    f"{fp32:.3f} (tolerance {INT4_TOLERANCE:.0%}); prefer int8")

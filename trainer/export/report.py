@@ -22,6 +22,7 @@ class ExportReport:
     perplexity_int8: float | None = None
     int4_linear_layers: int | None = None  # quantized linear layers in model_q4.onnx; None: no int4
     perplexity_int4: float | None = None
+    int4_kind: str | None = None  # tweetgen.trainer.export.quantize.INT4_KINDS
     eval_tokens: int | None = None  # tokens scored for the perplexities
     fp16_max_logit_diff: float | None = None  # fp16 vs fp32 on CPU; None when not run
     copy_index_windows: int | None = None  # 8-word windows of the training tweets in copies.bin; None: no index
@@ -53,7 +54,8 @@ class ExportReport:
         return {"files": dict(self.files), "graph": self.graph, "greedy_parity": {"prompts": self.parity_prompts, "equal": True},
                 "max_logit_diff": self.max_logit_diff, "int8": int8,
                 "int4": None if self.int4_linear_layers is None else {
-                    "linear_layers": self.int4_linear_layers, "perplexity_fp32": self.perplexity_fp32,
+                    "linear_layers": self.int4_linear_layers, "kind": self.int4_kind,
+                    "perplexity_fp32": self.perplexity_fp32,
                     "perplexity_int4": self.perplexity_int4, "relative_diff": self.int4_relative_diff,
                     "tokens": self.eval_tokens},
                 "fp16": {"max_logit_diff_vs_fp32": self.fp16_max_logit_diff} if "model_fp16.onnx" in self.files
