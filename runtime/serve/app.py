@@ -421,8 +421,8 @@ def _serve_on_ray(args: argparse.Namespace, model: str) -> int:
               file=sys.stderr)
         return 1
     folder = read_folder(model)  # a bad folder is this command's error, not a replica's crash loop
-    return serve_on_ray(str(Path(folder.path).resolve()), host=args.host, port=args.port, replicas=args.replicas,
-                        threads=args.threads, device=args.device, precision=args.precision,
+    return serve_on_ray(create_app, str(Path(folder.path).resolve()), host=args.host, port=args.port,
+                        replicas=args.replicas, threads=args.threads, device=args.device, precision=args.precision,
                         batching=not args.no_batching, max_rows=args.max_rows, max_queue=args.max_queue)
 
 

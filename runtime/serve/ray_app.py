@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
-from .app import create_app
 
-
-def deployment(model: str, *, replicas: int, threads: int, cpus: float, device: str = "cpu",
-               precision: str = "auto", batching: bool = True, max_rows: int = 64, max_queue: int = 64) -> Any:
-    """A bound Ray Serve application: `replicas` copies of tweetgen-serve's app over the folder `model`.
+def deployment(make_app: Callable[..., Any], model: str, *, replicas: int, threads: int, cpus: float,
+               device: str = "cpu", precision: str = "auto", batching: bool = True, max_rows: int = 64,
+               max_queue: int = 64) -> Any:
+    """A bound Ray Serve application: `replicas` copies of the app `make_app(generator, ...)` makes
+    (tweetgen-serve's `create_app`) over the folder `model`.
 
     `threads` is each replica's onnxruntime thread count and `cpus` the CPUs Ray reserves for it (Ray places
     replicas by that number; fractions are allowed)."""
@@ -32,7 +33,7 @@ def deployment(model: str, *, replicas: int, threads: int, cpus: float, device: 
         from ..generator import Generator
 
         generator = Generator.load(model, device=device, precision=precision, threads=threads)
-        return create_app(generator, batching=batching, max_rows=max_rows, max_queue=max_queue)
+        return make_app(generator, batching=batching, max_rows=max_rows, max_queue=max_queue)
 
     ingress = serve.ingress(build)()
     # a replica's own queue answers 503 when full; Ray's limit sits above it so that the answer is ours
@@ -42,8 +43,9 @@ def deployment(model: str, *, replicas: int, threads: int, cpus: float, device: 
     return app.bind()
 
 
-def serve_on_ray(model: str, *, host: str, port: int, replicas: int, threads: int | None, device: str,
-                 precision: str, batching: bool, max_rows: int, max_queue: int) -> int:
+def serve_on_ray(make_app: Callable[..., Any], model: str, *, host: str, port: int, replicas: int,
+                 threads: int | None, device: str, precision: str, batching: bool, max_rows: int,
+                 max_queue: int) -> int:
     """Start (or join) Ray, run the deployment behind Ray's proxy on host:port, block until interrupted."""
     import ray
     from ray import serve
@@ -67,7 +69,7 @@ def serve_on_ray(model: str, *, host: str, port: int, replicas: int, threads: in
         print(f"tweetgen-serve on Ray: {replicas} replica(s) of {model}, {threads} thread(s) each, "
               f"{cpus:g} CPU(s) reserved each of the cluster's {total:g}; http://{host}:{port}", flush=True)
         serve.start(http_options={"host": host, "port": port})
-        serve.run(deployment(model, replicas=replicas, threads=threads, cpus=cpus, device=device,
+        serve.run(deployment(make_app, model, replicas=replicas, threads=threads, cpus=cpus, device=device,
                              precision=precision, batching=batching, max_rows=max_rows, max_queue=max_queue),
                   name="tweetgen", route_prefix="/", blocking=True)
     except KeyboardInterrupt:
