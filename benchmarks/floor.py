@@ -45,7 +45,7 @@ _ONNX_SIZES = {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 10: 2, 11: 8, 16: 2, 21: 1, 2
 
 def onnx_bytes_per_token(path: str | Path) -> int:
     """The weight bytes one row reads a token in an ONNX graph: every initializer except those used only as the
-    table of a Gather (an embedding lookup reads one row). 4-bit weights are stored as uint8 pairs: counted as stored."""
+    table of a Gather (an embedding lookup reads one row). 4-bit weights, stored two to a byte, count as stored."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

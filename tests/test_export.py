@@ -470,7 +470,8 @@ def test_the_int4_variant_is_the_fast_kind_within_tolerance_else_the_accurate_on
     assert report.perplexity_int4 > 0 and report.int4_relative_diff == pytest.approx(
         report.perplexity_int4 / report.perplexity_fp32 - 1)
     info = json.loads((out / "tweetgen.json").read_text())
-    assert info["export"]["int4"]["perplexity_int4"] == report.perplexity_int4 and info["export"]["int4"]["kind"] == kind
+    assert info["export"]["int4"]["perplexity_int4"] == report.perplexity_int4
+    assert info["export"]["int4"]["kind"] == kind
     assert f"perplexity of the 4-bit variant ({kind} kind)" in (out / "README.md").read_text()
     packed = {i.name: i for i in model.graph.initializer}
     for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
