@@ -84,7 +84,7 @@ def gguf_bytes_per_token(path: str | Path) -> int:
     return sum(size for name, size in tensors.items() if name not in skip)
 
 
-def row_bytes_per_token(engine: str, family: str, variant: str, models) -> int | None:
+def row_bytes_per_token(family: str, variant: str, models) -> int | None:
     """Bytes a token for one benchmark row (None where not worked out: PyTorch, CTranslate2)."""
     from benchmarks.engines.base import SMALL_PAGES
 

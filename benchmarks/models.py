@@ -204,12 +204,11 @@ def _ensure_export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) ->
             or export_int8_method(out) != int8_method_for(config) \
             or (wanted == "fused" and "attention_mask" not in graph_inputs(out / "model_quantized.onnx")):
         _export(hf, out, name, fp16, fuse=wanted == "fused")
-        return
-    if fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
+    elif fp16 and not (out / "model_fp16.onnx").is_file():  # built before without it
         from tweetgen.trainer.export.quantize import convert_fp16
 
         convert_fp16(out / "model.onnx", out / "model_fp16.onnx")
-    if wanted == "fused":
+    if wanted == "fused":  # after a fresh export too: the export itself makes no 4-bit graph here
         _ensure_int4(out)
 
 
@@ -231,9 +230,7 @@ def _export(hf: Path, out: Path, name: str, fp16: bool, *, fuse: bool) -> None:
           file=sys.stderr)
     config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
     export_model(hf, out, info=export_folder_info(hf, name), int8=True, fp16=fp16, fuse=fuse,
-                 int8_method=int8_method_for(config), int4=False)
-    if fuse:
-        _ensure_int4(out)
+                 int8_method=int8_method_for(config))
 
 
 def _add_ct2(models: ModelSet, hf: Path, root: Path) -> None:

@@ -129,7 +129,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     per_token = {m.name: {} for m in built}
     for models, spec in plan:
         if spec.device == "cpu":
-            per_token[models.name][spec.name] = row_bytes_per_token(spec.name, spec.family, spec.variant, models)
+            per_token[models.name][spec.name] = row_bytes_per_token(spec.family, spec.variant, models)
     for round_index in range(args.rounds):
         # Interleave: each round starts at a different row and alternates direction, so drift in the machine's
         # load spreads over all engines instead of landing on the last ones.

@@ -241,11 +241,10 @@ def _add_int4(tmp: Path, report: ExportReport, eval_texts: list[str] | None) -> 
         quantized = perplexity(path, eval_texts)
         report = _replace(report, int4_linear_layers=count, int4_kind=kind, perplexity_fp32=fp32,
                           perplexity_int4=quantized.perplexity, eval_tokens=quantized.tokens)
-        if kind == "fast" and report.int4_relative_diff > INT4_FAST_TOLERANCE:
-            log.info("int4 fast: perplexity %.3f is %.1f%% above fp32's %.3f; trying the accurate kind",
-                     quantized.perplexity, 100 * report.int4_relative_diff, fp32)
-            continue
-        break
+        if kind != "fast" or report.int4_relative_diff <= INT4_FAST_TOLERANCE:
+            break
+        log.info("int4 fast: perplexity %.3f is %.1f%% above fp32's %.3f; trying the accurate kind",
+                 quantized.perplexity, 100 * report.int4_relative_diff, fp32)
     if report.int4_relative_diff > INT4_TOLERANCE:
         message = (f"int4 perplexity {quantized.perplexity:.3f} is {report.int4_relative_diff:.1%} above fp32's "
                    f"{fp32:.3f} (tolerance {INT4_TOLERANCE:.0%}); prefer int8")
