@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--temperature", type=float, help="0 is greedy (default: the model's)")
     parser.add_argument("-k", "--top-k", type=int, help="sample from the k likeliest tokens; 0 = all")
     parser.add_argument("-p", "--top-p", type=float, help="nucleus sampling, in (0, 1]")
+    parser.add_argument("--min-p", type=float,
+                        help="keep tokens at least this share as likely as the likeliest, in [0, 1]; 0 = all")
     parser.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeats (1 = none)")
     parser.add_argument("--seed", type=int, help="same seed, same tweets")
     parser.add_argument("--user", help="one voice of a multi-user model (--list-users shows them)")
@@ -115,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(generator.users) if generator.users else "(a single-voice model)")
         return 0
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, user=args.user,
+                   top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                   user=args.user,
                    max_chars=args.max_chars or None, stop_at_newline=args.stop_at_newline, stop=tuple(args.stop),
                    min_new_tokens=args.min_new_tokens)
     checked = generator.copy_index is not None and not args.allow_copies  # copies are drawn again: no stream

@@ -18,9 +18,10 @@ VARIANTS = {"fp32": "model.onnx", "int8": "model_quantized.onnx", "fp16": "model
 PRECISIONS = ("auto", *VARIANTS)
 DEVICES = ("auto", "cpu", "cuda")
 # Used when generation_config.json does not say: a tweet bot samples.
-SAMPLING_FALLBACK = {"max_new_tokens": 64, "temperature": 1.0, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.0}
+SAMPLING_FALLBACK = {"max_new_tokens": 64, "temperature": 1.0, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.0,
+                     "min_p": 0.0}
 # Hugging Face's own defaults for fields a saved generation_config.json leaves out because they equal them.
-_HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
+_HF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0, "min_p": 0.0}
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SamplingDefaults:
     top_k: int
     top_p: float
     repetition_penalty: float
+    min_p: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def _sampling_defaults(generation: dict[str, Any]) -> SamplingDefaults:
     return SamplingDefaults(
         max_new_tokens=int(values["max_new_tokens"]), temperature=float(values["temperature"]),
         top_k=int(values["top_k"]), top_p=float(values["top_p"]),
-        repetition_penalty=float(values["repetition_penalty"]))
+        repetition_penalty=float(values["repetition_penalty"]), min_p=float(values["min_p"]))
 
 
 def _eos_ids(generation: dict[str, Any], config: dict[str, Any]) -> tuple[int, ...]:

@@ -154,7 +154,8 @@ class Generator:
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  repetition_penalty: float | None = None, seed: int | None = None, user: str | None = None,
                  max_chars: int | None = 280, stop_at_newline: bool = False, allow_copies: bool = False,
-                 stop: str | list[str] | tuple[str, ...] = (), min_new_tokens: int = 0) -> list[str]:
+                 stop: str | list[str] | tuple[str, ...] = (), min_new_tokens: int = 0,
+                 min_p: float | None = None) -> list[str]:
         """Write n continuations of `prompt` (the prompt itself is not repeated).
 
         When the folder ships a copy index (copies.bin), a text that repeats 8 consecutive words of a training tweet
@@ -164,7 +165,7 @@ class Generator:
         Args:
             prompt: the start of the tweet; may be "".
             n: how many samples; the prompt is run once and the n samples decode as one batch.
-            max_new_tokens, temperature, top_k, top_p, repetition_penalty: None takes the folder's
+            max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty: None takes the folder's
                 generation_config.json default. temperature 0 is greedy.
             seed: the same seed gives the same texts; None draws fresh randomness.
             user: one voice of a multi-user model (see `users`).
@@ -181,7 +182,8 @@ class Generator:
             ValueError: an option outside its allowed range, an unknown user, or a prompt that does not fit.
         """
         request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               repetition_penalty=repetition_penalty, seed=seed, user=user, max_chars=max_chars,
+                               repetition_penalty=repetition_penalty, min_p=min_p, seed=seed, user=user,
+                               max_chars=max_chars,
                                stop_at_newline=stop_at_newline, allow_copies=allow_copies, stop=stop,
                                min_new_tokens=min_new_tokens)
         return self.generate_request(prompt, n, request)
@@ -211,7 +213,7 @@ class Generator:
                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
                seed: int | None = None, user: str | None = None, max_chars: int | None = 280,
                stop_at_newline: bool = False, stop: str | list[str] | tuple[str, ...] = (),
-               min_new_tokens: int = 0) -> Iterator[str]:
+               min_new_tokens: int = 0, min_p: float | None = None) -> Iterator[str]:
         """Yield the text of one sample piece by piece (whole words, never half a character).
 
         Joined, the pieces equal `generate(prompt, n=1, allow_copies=True, ...)[0]` with the same arguments: what
@@ -219,7 +221,8 @@ class Generator:
         when this is called, not on the first `next()`.
         """
         request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               repetition_penalty=repetition_penalty, seed=seed, user=user, max_chars=max_chars,
+                               repetition_penalty=repetition_penalty, min_p=min_p, seed=seed, user=user,
+                               max_chars=max_chars,
                                stop_at_newline=stop_at_newline, allow_copies=True, stop=stop,
                                min_new_tokens=min_new_tokens)
         steps, texts = self._start(prompt, 1, request)

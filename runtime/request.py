@@ -18,7 +18,7 @@ class Request:
     """What to write for a prompt, beyond the prompt itself."""
 
     max_new_tokens: int  # tokens added at most
-    sampling: SamplingParams  # temperature, top-k, top-p, repetition penalty
+    sampling: SamplingParams  # temperature, top-k, top-p, min-p, repetition penalty
     seed: int | None = None  # the same seed gives the same texts; None draws fresh randomness
     user: str | None = None  # one voice of a multi-user model
     max_chars: int | None = 280  # each text cut to this many characters on a word boundary (None: no cut)
@@ -50,14 +50,15 @@ class Request:
     @classmethod
     def resolve(cls, defaults: SamplingDefaults, *, max_new_tokens: int | None = None,
                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                repetition_penalty: float | None = None, **options: object) -> Request:
+                repetition_penalty: float | None = None, min_p: float | None = None, **options: object) -> Request:
         """A Request from a call's keyword options; None takes the folder's default (generation_config.json)."""
         sampling = SamplingParams(
             temperature=_number(defaults.temperature if temperature is None else temperature),
             top_k=defaults.top_k if top_k is None else top_k,
             top_p=_number(defaults.top_p if top_p is None else top_p),
             repetition_penalty=_number(defaults.repetition_penalty if repetition_penalty is None
-                                       else repetition_penalty))
+                                       else repetition_penalty),
+            min_p=_number(defaults.min_p if min_p is None else min_p))
         return cls(max_new_tokens=defaults.max_new_tokens if max_new_tokens is None else max_new_tokens,
                    sampling=sampling, **options)  # type: ignore[arg-type]
 

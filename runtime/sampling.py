@@ -1,6 +1,6 @@
 """Choosing the next token from logits: pure functions over numpy arrays, with a caller-owned random generator.
 
-The order of the steps is Hugging Face's: repetition penalty, temperature, top-k, top-p, then a draw.
+The order of the steps is Hugging Face's: repetition penalty, temperature, top-k, top-p, min-p, then a draw.
 """
 
 from __future__ import annotations
@@ -12,22 +12,24 @@ import numpy as np
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each next token. temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off."""
+    """How to pick each next token. temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 turn those filters off."""
 
     temperature: float = 1.0  # divides the logits; 0 picks the most likely token
     top_k: int = 50  # keep only the k most likely tokens (0: all)
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p
     repetition_penalty: float = 1.0  # >1 makes tokens already in the prompt or output less likely
+    min_p: float = 0.0  # keep only tokens at least min_p times as likely as the likeliest one (after temperature)
 
     def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.min_p)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float, repetition_penalty: float) -> None:
+def check_sampling(temperature: float, top_k: int, top_p: float, repetition_penalty: float,
+                   min_p: float = 0.0) -> None:
     """Raise ValueError naming the first setting outside its allowed range."""
     if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a number >= 0 (0 is greedy), not {temperature!r}")
@@ -38,6 +40,8 @@ def check_sampling(temperature: float, top_k: int, top_p: float, repetition_pena
     if not (isinstance(repetition_penalty, (int, float)) and np.isfinite(repetition_penalty)
             and repetition_penalty > 0):
         raise ValueError(f"repetition_penalty must be a number > 0 (1 is none), not {repetition_penalty!r}")
+    if isinstance(min_p, bool) or not (isinstance(min_p, (int, float)) and 0 <= min_p <= 1):
+        raise ValueError(f"min_p must be in [0, 1] (0 keeps every token), not {min_p!r}")
 
 
 def penalize_repeats(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
@@ -62,6 +66,10 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     if 0 < params.top_k < vocab:
         # (B, k) candidates in no order, found on the raw logits (temperature keeps the ranking).
         candidates = top_k_indices(logits, params.top_k)
+    elif params.min_p > 0:  # min-p (and any top-p) keep a few of the likeliest tokens: only those are ranked
+        candidates = min_p_candidates(logits, params)
+        return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng,
+                    mass=_share(logits, candidates, params.temperature))
     elif params.top_p < 1.0:  # top-p alone: the nucleus is found without sorting the whole vocabulary
         candidates, mass = nucleus_candidates(logits, params)
         return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng, mass=mass)
@@ -72,6 +80,32 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
 
 def _every_token(batch: int, vocab: int) -> np.ndarray:
     return np.broadcast_to(np.arange(vocab), (batch, vocab))
+
+
+def min_p_candidates(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """(B, C) token ids holding every token that min-p keeps in each row (as many for every row: the most any row
+    keeps, each row's likeliest). After temperature T, a token is at least min_p times as likely as the row's
+    likeliest one when its logit is at least max + T * log(min_p): one comparison finds how many a row keeps."""
+    batch, vocab = logits.shape
+    scaled = logits.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        floor = scaled.max(axis=-1, keepdims=True) + params.temperature * np.log(params.min_p)
+        keep = int((scaled >= floor).sum(axis=-1).max())
+    if not 0 < keep < vocab // 4:  # NaN rows, or most of the vocabulary: every token
+        return _every_token(batch, vocab)
+    return np.sort(top_k_indices(logits, keep), axis=-1)  # by id: equal logits rank as in the whole vocabulary
+
+
+def _share(logits: np.ndarray, candidates: np.ndarray, temperature: float) -> np.ndarray | None:
+    """(B,) the share of each row's probability (after temperature) that `candidates` hold; None when they are
+    the whole vocabulary."""
+    if candidates.shape[1] == logits.shape[1]:
+        return None
+    scaled = logits.astype(np.float64) / temperature
+    top = scaled.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        weights = np.exp(scaled - top)
+    return np.take_along_axis(weights, candidates, axis=-1).sum(axis=-1) / weights.sum(axis=-1)
 
 
 NUCLEUS_BIN = 0.25  # nucleus_candidates: width of a histogram bin, in log-probability (nats)
@@ -115,7 +149,7 @@ def nucleus_candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.n
 
 def draw(candidates: np.ndarray, values: np.ndarray, params: SamplingParams, rng: np.random.Generator, *,
          ranked: bool = False, mass: np.ndarray | None = None) -> np.ndarray:
-    """Pick one of each row's candidate tokens: temperature, top-p, then a draw (top-k chose the candidates).
+    """Pick one of each row's candidate tokens: temperature, top-p, min-p, then a draw (top-k chose the candidates).
 
     candidates: (B, C) token ids; values: (B, C) their logits. Candidates with equal logits rank in the order they
     are given; `ranked` says they are given largest first already. `mass`: (B,) the share of each row's whole
@@ -136,6 +170,8 @@ def draw(candidates: np.ndarray, values: np.ndarray, params: SamplingParams, rng
     if params.top_p < 1.0:
         before = np.cumsum(probs, axis=-1) - probs  # probability mass of the tokens ranked above each one
         probs = np.where(before < params.top_p, probs, 0.0)  # the first token always stays
+    if params.min_p > 0:  # relative to each row's likeliest token, the first: it always stays
+        probs = np.where(probs >= params.min_p * probs[:, :1], probs, 0.0)
     cumulative = np.cumsum(probs, axis=-1)
     draws = rng.random(batch) * cumulative[:, -1]
     picked = np.minimum((cumulative <= draws[:, None]).sum(axis=-1), cumulative.shape[1] - 1)

@@ -49,6 +49,7 @@ def test_model_from_the_environment():
     (["-n", "0", "x"], b"", "n must be an integer from 1 to 1024"),
     (["-t", "-1", "x"], b"", "temperature must be"),
     (["-p", "1.5", "x"], b"", "top_p must be in (0, 1]"),
+    (["--min-p", "-0.5", "x"], b"", "min_p must be in [0, 1]"),
     (["-k", "-2", "x"], b"", "top_k must be"),
     (["--max-new-tokens", "0", "x"], b"", "max_new_tokens must be"),
     (["--user", "zed", "x"], b"", "unknown user 'zed'; this model knows: alice, bob"),

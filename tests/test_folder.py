@@ -101,6 +101,7 @@ def test_layer_count_is_cross_checked_with_config(copy):
     ({}, SamplingDefaults(64, 1.0, 50, 0.95, 1.0)),
     ({"do_sample": False, "temperature": 0.7}, SamplingDefaults(64, 0.0, 50, 1.0, 1.0)),
     ({"do_sample": True, "top_p": 0.9, "max_new_tokens": 30}, SamplingDefaults(30, 1.0, 50, 0.9, 1.0)),
+    ({"do_sample": True, "top_k": 0, "min_p": 0.05}, SamplingDefaults(64, 1.0, 0, 1.0, 1.0, 0.05)),
 ])
 def test_sampling_defaults_follow_generation_config(copy, generation, want):
     folder = copy()

@@ -37,6 +37,7 @@ def test_defaults_come_from_generation_config(gpt2):
                              top_p=0.95, repetition_penalty=1.0)
     assert gpt2.generate("Rockets", n=2, seed=5, max_chars=None) == explicit
     assert gpt2.generate("Rockets", n=2, seed=5, max_chars=None, top_p=0.5) != explicit
+    assert gpt2.generate("Rockets", n=2, seed=5, max_chars=None, min_p=0.2) != explicit
 
 
 def test_user_prefix_selects_a_voice(gpt2):
@@ -54,7 +55,7 @@ def test_unknown_user_lists_the_known_ones(gpt2):
 
 @pytest.mark.parametrize("kwargs, word", [
     ({"n": 0}, "n must be"), ({"n": 5000}, "from 1 to 1024"), ({"temperature": -1}, "temperature"),
-    ({"top_p": 0}, "top_p"), ({"top_p": 1.01}, "top_p"),
+    ({"top_p": 0}, "top_p"), ({"top_p": 1.01}, "top_p"), ({"min_p": 2}, "min_p"),
     ({"top_k": -1}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_chars": 0}, "max_chars"),
     ({"seed": -3}, "seed"), ({"prompt": "word " * 200}, "context of 128 tokens")])
 def test_bad_arguments_raise_value_errors_before_any_work(gpt2, kwargs, word):

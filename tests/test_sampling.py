@@ -33,6 +33,35 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert set(draws(SamplingParams(top_k=0, top_p=0.5)).tolist()) == {1}
 
 
+def test_min_p_keeps_tokens_at_least_min_p_times_the_likeliest():
+    probs = np.exp(LOGITS[0]) / np.exp(LOGITS[0]).sum()  # relative to token 1: 2 -> 0.37, 0 -> 0.14, 3 -> 0.08
+    assert set(draws(SamplingParams(top_k=0, min_p=0.3)).tolist()) == {1, 2}
+    assert set(draws(SamplingParams(top_k=0, min_p=0.1)).tolist()) == {0, 1, 2}
+    assert probs[3] / probs[1] < 0.1 < probs[0] / probs[1]
+    # after temperature: at 3.0 the ratios flatten (token 3 is exp(-2.5 / 3) = 0.43 of token 1)
+    assert set(draws(SamplingParams(top_k=0, min_p=0.3, temperature=3.0)).tolist()) == {0, 1, 2, 3}
+    # with top-k: min-p filters what top-k kept
+    assert set(draws(SamplingParams(top_k=2, min_p=0.1)).tolist()) == {1, 2}
+
+
+@pytest.mark.parametrize("temperature, min_p, top_p", [(1.0, 0.05, 1.0), (0.7, 0.2, 1.0), (1.3, 0.02, 0.9),
+                                                        (1.0, 1.0, 1.0)])
+def test_min_p_alone_draws_what_filtering_the_whole_vocabulary_draws(temperature, min_p, top_p):
+    """min_p_candidates ranks only the tokens min-p can keep; the draws equal those over the whole vocabulary."""
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal((4, 20000)) * 3).astype(np.float32)
+    logits[1, :50] = 20.0  # ties at the top
+    logits[2, 5] = -np.inf
+    everything = np.broadcast_to(np.arange(20000), (4, 20000))
+    params = SamplingParams(top_k=0, min_p=min_p, top_p=top_p, temperature=temperature)
+    for seed in range(25):
+        want = draw(everything, logits, params, np.random.default_rng(seed))
+        assert sample(logits, params, np.random.default_rng(seed)).tolist() == want.tolist()
+    got = draws(params, logits[:1], count=2000)
+    scaled = logits[0].astype(np.float64) / temperature
+    assert (scaled[got] >= scaled.max() + np.log(min_p) - 1e-9).all()
+
+
 @pytest.mark.parametrize("spread", [0.3, 3.0, "ties"])
 def test_top_p_alone_draws_what_sorting_the_whole_vocabulary_draws(spread):
     """nucleus_candidates finds the nucleus from the likeliest few tokens; the draws are those of ranking all of
@@ -93,7 +122,8 @@ def test_same_rng_seed_same_draws():
 @pytest.mark.parametrize("kwargs, word", [
     (dict(temperature=-0.1), "temperature"), (dict(temperature=float("nan")), "temperature"),
     (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(repetition_penalty=0.0), "repetition_penalty")])
+    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(min_p=-0.1), "min_p"), (dict(min_p=1.5), "min_p"),
+    (dict(min_p=True), "min_p")])
 def test_settings_out_of_range_are_refused_by_name(kwargs, word):
     with pytest.raises(ValueError, match=word):
         SamplingParams(**kwargs)

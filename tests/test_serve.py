@@ -95,6 +95,7 @@ BAD = [
     (b'{"prompt": "x", "max_tokens": 100000}', 422, "max_tokens", "max_tokens must be from 1"),
     (b'{"prompt": "x", "temperature": "hot"}', 400, "temperature", "temperature must be a number"),
     (b'{"prompt": "x", "top_p": 0}', 422, "top_p", "top_p must be in (0, 1]"),
+    (b'{"prompt": "x", "min_p": 1.5}', 422, "min_p", "min_p must be in [0, 1]"),
     (b'{"prompt": "x", "stop": [1]}', 400, "stop", "stop must be a string or a list"),
     (b'{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', 422, "stop", "at most 4"),
     (b'{"prompt": "x", "stream": "yes"}', 400, "stream", "stream must be true or false"),

@@ -31,8 +31,8 @@ COPY_ATTEMPTS = 5  # as Generator.generate: draws in all for a text that copies 
 NEUTRAL = {"echo": (False, None), "logprobs": (None, 0), "presence_penalty": (0, 0.0, None),
            "frequency_penalty": (0, 0.0, None), "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}),
            "stream_options": (None,)}
-FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "seed", "stop", "stream", "user",
-          "voice", "min_tokens", "max_chars", *NEUTRAL}
+FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "n", "seed", "stop", "stream",
+          "user", "voice", "min_tokens", "max_chars", *NEUTRAL}
 
 
 class BadRequest(Exception):
@@ -111,6 +111,7 @@ class Service:
             "temperature": _number(body, "temperature", 0, 2),
             "top_p": _number(body, "top_p", 0, 1, low_open=True),
             "top_k": _int(body, "top_k", 0, 1 << 20, None),
+            "min_p": _number(body, "min_p", 0, 1),
             "seed": _int(body, "seed", 0, 2**63 - 1, None),
             "min_new_tokens": _int(body, "min_tokens", 0, context - 1, 0),
         }
@@ -146,7 +147,8 @@ class Service:
         try:
             ids, held = gen._encode(prompt, voice)
             request = gen.request(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
-                                  top_k=options["top_k"], top_p=options["top_p"], seed=options["seed"], user=voice,
+                                  top_k=options["top_k"], top_p=options["top_p"], min_p=options["min_p"],
+                                  seed=options["seed"], user=voice,
                                   stop=options["stop"], min_new_tokens=options["min_new_tokens"],
                                   max_chars=options["max_chars"])
             gen.engine.check_length(len(ids), request.max_new_tokens)

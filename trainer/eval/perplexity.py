@@ -58,6 +58,7 @@ def perplexity(model_path: str | Path, texts: list[str], *, folder: str | Path |
     sequences = [tokenizer.encode(info.prompt_start + text).ids + eos for text in texts]
     sequences = _fit_context(sequences, info.context_length)
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: a fused graph's optional inputs draw a warning at every load
     if threads is not None:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
