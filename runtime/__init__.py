@@ -10,7 +10,6 @@ This package is the runtime (numpy, onnxruntime and tokenizers; no torch); the o
 import importlib as _importlib
 
 from .errors import ModelFolderError, NoDefaultModelError, TweetgenError  # noqa: F401 (the public errors)
-from .version import version
 
 # The public names, each from its module. They are imported when first used (PEP 562), so that `tweetgen-run` starts
 # before onnxruntime is loaded: an interrupt during that load is then its own, handled like any other.
@@ -19,11 +18,15 @@ _EXPORTS = {
     "SamplingDefaults": ".folder", "read_folder": ".folder", "Generator": ".generator",
     "cuda_available": ".generator", "Request": ".request", "SamplingParams": ".sampling", "sample": ".sampling",
 }
-__version__ = version()
 __all__ = sorted([*_EXPORTS, "ModelFolderError", "NoDefaultModelError", "TweetgenError", "__version__"])
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # read from the installed metadata when first asked for
+        from .version import version
+
+        globals()[name] = version()
+        return globals()[name]
     if name not in _EXPORTS:
         raise AttributeError(f"module 'tweetgen' has no attribute {name!r}")
     if _importlib.util.find_spec("onnxruntime") is None:

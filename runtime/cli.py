@@ -37,11 +37,22 @@ examples:
 """
 
 
+class _Version(argparse.Action):
+    """--version, read from the installed metadata only when asked for (argparse's own takes it up front)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tweetgen-run", description="Write tweets in someone's voice with an exported tweetgen model.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument("prompt", nargs="?", help="start of the tweet (read from stdin when piped; default empty)")
     parser.add_argument("-m", "--model", help="exported model folder (default: $TWEETGEN_MODEL, else the default "
                                               f"model exported/{DEFAULT_MODEL_NAME})")

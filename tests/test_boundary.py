@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from conftest import TINY_GPT2
+from tweetgen.version import version
 
 HEAVY = ["torch", "transformers", "optimum", "datasets", "tweetgen.trainer"]
 
@@ -21,6 +22,28 @@ def test_generating_imports_no_heavy_module():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_generating_does_not_read_package_metadata():
+    """importlib.metadata costs ~3 MB of resident memory (email, zipfile, ...) in every process that embeds the
+    runtime: the version is read only when asked for."""
+    code = (
+        "import sys\n"
+        "from tweetgen import Generator\n"
+        f"Generator.load({str(TINY_GPT2)!r}).generate('My dream is', n=2, seed=0)\n"
+        "print([m for m in ('importlib.metadata', 'email') if m in sys.modules])\n"
+        "import tweetgen\n"
+        "print(tweetgen.__version__ == tweetgen.version.version() != '', 'importlib.metadata' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "True True"]
+
+
+def test_version_prints_the_installed_version():
+    result = subprocess.run([sys.executable, "-m", "tweetgen", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"tweetgen-run {version()}"
 
 
 def test_cli_imports_no_heavy_module():
