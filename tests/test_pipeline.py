@@ -95,9 +95,11 @@ def test_stages_alone_reuse_what_the_earlier_ones_left(cyborg, capsys):
     tmp, out = cyborg
     again = tmp / "exported" / "again"
     assert main(["export", "--workdir", str(tmp / "work"), "--name", "cyborg", "--out", str(again), "--no-fp16",
-                 "--no-fp32", "--no-copy-index", "--temperature", "0.8", "--repetition-penalty", "1.1"]) == 0
+                 "--no-fp32", "--no-copy-index", "--temperature", "0.8", "--repetition-penalty", "1.1",
+                 "--min-p", "0.05"]) == 0
     generation = json.loads((again / "generation_config.json").read_text())
     assert generation["temperature"] == 0.8 and generation["repetition_penalty"] == 1.1 and generation["top_p"] == 0.95
+    assert generation["min_p"] == 0.05 and Generator.load(again).folder.sampling.min_p == 0.05
     assert main(["export", "--workdir", str(tmp / "work"), "--name", "cyborg", "--out", str(again), "--top-p",
                  "1.5"]) == 1
     assert "top_p must be in (0, 1]" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling defaults given on the command line, checked (tweetgen.sampling's rules)."""
     from tweetgen.sampling import SamplingParams
 
-    given = {key: getattr(args, key) for key in ("temperature", "top_k", "top_p", "repetition_penalty")
+    given = {key: getattr(args, key) for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
              if getattr(args, key, None) is not None}
     try:
         SamplingParams(**given)

@@ -179,10 +179,11 @@ def _add_export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fp32", action="store_true",
                         help="leave model.onnx out of the folder once every check has used it (a smaller folder)")
     group = parser.add_argument_group("the model's sampling defaults (generation_config.json; tweetgen-run's -t -k -p "
-                                      "override them)")
+                                      "--min-p override them)")
     group.add_argument("--temperature", type=float, help="default: 1.0")
     group.add_argument("--top-k", type=int, help="default: 50")
     group.add_argument("--top-p", type=float, help="default: 0.95")
+    group.add_argument("--min-p", type=float, help="default: 0 (off)")
     group.add_argument("--repetition-penalty", type=float, help="default: 1.0 (none)")
     parser.add_argument("--no-copy-index", action="store_true",
                         help="ship no copies.bin (the training tweets' 8-word windows, hashed, with which "

@@ -65,7 +65,7 @@ def export_stage(workdir: str | Path | WorkDir, name: str, out: Path, *, int8: b
     """Export the finished run `runs/<name>/model` of the work folder to `out`; returns the ExportReport.
 
     copy_index: ship copies.bin, the index of the training tweets' 8-word windows (tweetgen.copies).
-    sampling: sampling defaults to write over DEFAULT_SAMPLING (temperature, top_k, top_p, repetition_penalty).
+    sampling: sampling defaults to write over DEFAULT_SAMPLING (temperature, top_k, top_p, min_p, repetition_penalty).
     """
     from tweetgen.trainer.export.export import export_model
 
