@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import TINY_GPT2
@@ -217,6 +218,32 @@ def test_evaluate_model_end_to_end_on_tiny_gpt2(tiny, monkeypatch):
     assert data["targets"]["fluency"] is None and data["judge"] is None  # no judge given: not measured
     assert {"generate", "perplexity", "voice", "memorization"} <= set(data["seconds"])
     assert evaluate_model(tiny, train, heldout, samples=20, seed=0).to_json()["generated"] == data["generated"]
+    # the length targets: every generated tweet against every held-out tweet (here 10 generated per user, 40
+    # held-out each: the users weigh the same)
+    every = [t for ts in generated.values() for t in ts]
+    assert data["lengths"]["generated"]["median"] == np.median([len(t) for t in every])
+    real = sorted(len(t) for ts in heldout.values() for t in ts)
+    assert data["lengths"]["real"]["median"] == real[len(real) // 2 - 1]  # 80 values: the 40th, inverted CDF
+    assert data["length_ratios"]["median"] == pytest.approx(data["lengths"]["generated"]["median"] / real[39])
+
+
+@pytest.mark.parametrize("values, weights", [([5, 1, 3, 2, 4], [1, 1, 1, 1, 1]), ([10, 20, 30], [3, 1, 1]),
+                                             ([7.0, 1.0, 7.0, 2.0, 9.0, 4.0], [2, 5, 1, 1, 3, 2])])
+def test_weighted_spread_equals_repeating_each_value_weight_times(values, weights):
+    repeated = np.repeat(values, weights)
+    got = Spread.weighted(values, [w / 7 for w in weights])  # only the weights' proportions count
+    want = np.percentile(repeated, [10, 50, 90], method="inverted_cdf")
+    assert (got.p10, got.median, got.p90) == tuple(want) and got.mean == pytest.approx(repeated.mean())
+
+
+def test_a_users_held_out_tweets_weigh_as_much_as_the_tweets_generated_for_them():
+    from tweetgen.trainer.eval.evaluate import _real_lengths
+
+    heldout = {"short": ["ab"] * 90, "long": ["x" * 50] * 10}
+    assert _real_lengths(heldout, {"short": ["g"], "long": ["g"] * 3}).median == 50  # long: 3/4 of the weight
+    assert _real_lengths(heldout, {"short": ["g"], "long": ["g"]}).mean == 26  # half each
+    assert _real_lengths(heldout, None).median == 2  # a single voice: every tweet once
+    assert _real_lengths(heldout, {"short": ["g"] * 3, "long": ["g"]}).median == 2
 
 
 def test_a_single_voice_model_is_evaluated_without_voice(tiny):

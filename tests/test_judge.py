@@ -109,7 +109,7 @@ def test_evaluate_model_reports_fluency_and_length_ratios_in_eval_json_and_the_c
     assert fluency["ratio"] == pytest.approx(fluency["generated"] / fluency["real"])
     for user in ("alice", "bob"):
         assert fluency["users"][user]["generated_count"] == report["users"][user]["generated"]["count"] == 5
-    chars = report["generated"]["chars"], report["real"]["chars"]
+    chars = report["lengths"]["generated"], report["lengths"]["real"]  # every tweet, generated and held-out
     assert report["length_ratios"] == pytest.approx({k: chars[0][k] / chars[1][k] for k in ("median", "p10", "p90")})
     assert report["targets"]["fluency"] == (fluency["ratio"] <= 1.25)
     assert report["targets"]["length_median"] == (abs(report["length_ratios"]["median"] - 1) <= 0.10)
@@ -118,6 +118,7 @@ def test_evaluate_model_reports_fluency_and_length_ratios_in_eval_json_and_the_c
     assert "| fluency (judge perplexity) |" in card and f"| **all** | {fluency['generated']:.1f} |" in card
     assert "judge ratio (median perplexity, generated / real) at most 1.25" in card
     assert "median length (characters) within 10%" in card
+    assert f"| chars, every held-out tweet, users weighted as generated | {chars[1]['mean']:.1f} |" in card
 
 
 def test_the_eval_command_takes_a_judge_and_refuses_a_bad_one_before_generating(tiny, tmp_path, capsys):

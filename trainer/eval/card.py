@@ -121,6 +121,11 @@ def _lengths_table(report: dict[str, Any]) -> str:
         for side in ("generated", "real"):
             s = report[side][unit]
             lines.append(f"| {unit}, {side} | {s['mean']:.1f} | {s['p10']:.0f} | {s['median']:.0f} | {s['p90']:.0f} |")
+    if report.get("lengths"):  # what the length targets compare
+        for side, label in (("generated", "every generated tweet"),
+                            ("real", "every held-out tweet, users weighted as generated")):
+            s = report["lengths"][side]
+            lines.append(f"| chars, {label} | {s['mean']:.1f} | {s['p10']:.0f} | {s['median']:.0f} | {s['p90']:.0f} |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@
   - voice: an author classifier trained on the real training tweets (tweetgen.trainer.eval.voice), its accuracy on the tweets
     generated for each user beside its accuracy on real held-out tweets (ceiling) and chance (floor);
   - memorization: the share of generated tweets that copy a training tweet (tweetgen.trainer.eval.memorization);
-  - diversity (distinct-1/2) and lengths, generated against a same-size sample of real held-out tweets;
+  - diversity (distinct-1/2) and lengths, generated against a same-size sample of real held-out tweets; the length
+    targets set every generated tweet against every held-out tweet, each user's weighted as in the generated set;
   - with a judge model (`judge=`), fluency: median per-tweet perplexity, generated / real (tweetgen.trainer.eval.judge).
 Targets (the issue's): voice at least half the way from chance to the ceiling, memorization under 2%, distinct-2 at
 least 80% of the real tweets', median length within 10% of the real tweets' and p90 within 15%, a judge ratio of at
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 from tweetgen.trainer.errors import DataError
 from tweetgen.trainer.eval.judge import TARGET_RATIO, Judge, JudgeReport, judge_fluency
 from tweetgen.trainer.eval.memorization import MemorizationIndex, MemorizationStats
-from tweetgen.trainer.eval.textstats import TextStats, length_ratios
+from tweetgen.trainer.eval.textstats import Spread, TextStats, length_ratios
 from tweetgen.trainer.eval.voice import VoiceScores, voice_scores
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,16 @@ class EvalReport:
     # no copy index (then `memorization` is already that)
     unfiltered_memorization: MemorizationStats | None = None
     judge: JudgeReport | None = None  # fluency, when a judge model was given
+    # characters per tweet of every generated tweet, and of every held-out tweet with each user's weighted to count
+    # as much as in the generated set: the lengths' targets compare these (a same-size sample's median moves by a
+    # few characters from one sample to the next)
+    lengths: dict[str, Spread] | None = None
 
     @property
     def length_ratios(self) -> dict[str, float | None]:
         """Characters per tweet, generated / real: of the median, p10 and p90."""
+        if self.lengths is not None:
+            return length_ratios(self.lengths["generated"], self.lengths["real"])
         return length_ratios(self.generated.chars, self.real.chars)
 
     @property
@@ -111,6 +118,7 @@ class EvalReport:
             "copy_index": self.unfiltered_memorization is not None,
             "unfiltered_memorization": self.unfiltered_memorization.to_json() if self.unfiltered_memorization
             else None, "generated": self.generated.to_json(), "real": self.real.to_json(),
+            "lengths": {k: asdict(v) for k, v in self.lengths.items()} if self.lengths else None,
             "distinct_2_ratio": self.distinct_2_ratio, "length_ratios": self.length_ratios,
             "judge": self.judge.to_json() if self.judge else None, "targets": self.targets,
             "target_values": {"voice_fraction": TARGET_VOICE_FRACTION, "memorized_below": TARGET_MEMORIZED,
@@ -189,12 +197,14 @@ def evaluate_model(folder: str | Path, train_texts: dict[str, list[str]], heldou
         notes.append(f"diversity and lengths compare {len(real_all)} generated tweets with as many real ones: "
                      "there are fewer held-out tweets than generated ones")
     overall = _matched_stats(everything, real_all, rng), TextStats.of(real_all)
+    lengths = {"generated": Spread.of([len(t) for t in everything]),
+               "real": _real_lengths(heldout_texts, generated if voices else None)}
     seconds["text_stats"] = time.perf_counter() - clock
     report = EvalReport(
         model=str(folder), variant=generator.model_path.name, samples=len(everything), seed=seed, prompt=prompt,
         users=entries, generated=overall[0], real=overall[1], memorization=_total(memorization.values()),
         real_memorization=real_memorization, unfiltered_memorization=unfiltered, voice=voice, seconds=seconds,
-        notes=tuple(notes), judge=fluency)
+        notes=tuple(notes), judge=fluency, lengths=lengths)
     log.info("evaluated %s: %s", folder, json.dumps(report.targets))
     return report
 
@@ -241,6 +251,18 @@ def _memorization(train: dict[str, list[str]], generated: dict[str, list[str]], 
     """Per voice for the generated tweets, and for the real held-out sample."""
     index = MemorizationIndex(train)
     return {v: MemorizationStats.of(index, texts) for v, texts in generated.items()}, MemorizationStats.of(index, real)
+
+
+def _real_lengths(heldout: dict[str, list[str]], generated: dict[str, list[str]] | None) -> Spread:
+    """Characters per tweet of every held-out tweet, each user's weighted so that the users count as much as they do
+    in the generated set (`generated` None, a single-voice model: every tweet counts once)."""
+    values, weights = [], []
+    for user, texts in heldout.items():
+        share = 1.0 if generated is None else len(generated.get(user, ())) / max(len(texts), 1)
+        if share > 0:
+            values += [len(t) for t in texts]
+            weights += [share] * len(texts)
+    return Spread.weighted(values, weights)
 
 
 def _matched_stats(generated: list[str], real: list[str], rng: np.random.Generator) -> TextStats:

@@ -31,6 +31,20 @@ class Spread:
         p10, median, p90 = np.percentile(array, [10, 50, 90])
         return cls(float(array.mean()), float(median), float(p10), float(p90))
 
+    @classmethod
+    def weighted(cls, values: list[float], weights: list[float]) -> Spread:
+        """Summary of values that each count as much as their weight (> 0): the mean, and percentiles of the
+        weighted distribution (the smallest value whose weighted share at or below it reaches the percentile)."""
+        if not values:
+            return cls(0.0, 0.0, 0.0, 0.0)
+        array, weight = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+        order = np.argsort(array, kind="stable")
+        array, weight = array[order], weight[order]
+        share = np.cumsum(weight) / weight.sum()
+        p10, median, p90 = (float(array[min(int(np.searchsorted(share, q - 1e-12)), len(array) - 1)])
+                            for q in (0.1, 0.5, 0.9))
+        return cls(float(np.average(array, weights=weight)), median, p10, p90)
+
 
 @dataclass(frozen=True)
 class TextStats:
