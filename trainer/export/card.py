@@ -194,6 +194,8 @@ def _usage_section(path: str, users: dict[str, Any], prompt_start: str, export: 
     # Optimum opens model.onnx; a folder without it (int8 only) names its one graph
     file_arg = "" if "model.onnx" in files or not files else f", file_name={_py(next(iter(files)))}"
     prompt = prompt_start + prefix + WIDGET_PROMPT
+    picks = f"{next(iter(files))}, the folder's only graph" if len(files) == 1 else \
+        "int8 on CPU, fp16 on CUDA, when the folder has them"
     return f"""## How to use
 
 With tweetgen (`pip install "tweetgen[cpu]"`; numpy, onnxruntime and tokenizers, no torch):
@@ -205,7 +207,7 @@ tweetgen-run -m {_sh(path)}{user_flag} "My dream is"
 ```python
 from tweetgen import Generator
 
-gen = Generator.load({_py(path)})  # int8 on CPU, fp16 on CUDA, when the folder has them
+gen = Generator.load({_py(path)})  # {picks}
 print(gen.generate("My dream is", n=3, seed=0{user_arg}))
 ```
 
