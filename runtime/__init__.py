@@ -8,6 +8,7 @@ This package is the runtime (numpy, onnxruntime and tokenizers; no torch); the o
 """
 
 import importlib as _importlib
+import importlib.util  # noqa: F401 (find_spec below; importing a submodule is what makes it an attribute)
 
 from .errors import ModelFolderError, NoDefaultModelError, TweetgenError  # noqa: F401 (the public errors)
 
