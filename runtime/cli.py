@@ -129,9 +129,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                   user=args.user,
-                   max_chars=args.max_chars or None, stop_at_newline=args.stop_at_newline, stop=tuple(args.stop),
-                   min_new_tokens=args.min_new_tokens)
+                   user=args.user, max_chars=args.max_chars or None, stop_at_newline=args.stop_at_newline,
+                   stop=tuple(args.stop), min_new_tokens=args.min_new_tokens)
     checked = generator.copy_index is not None and not args.allow_copies  # copies are drawn again: no stream
     if args.n == 1 and not (args.json or args.no_stream or checked):
         pieces = generator.stream(prompt, **options)  # arguments are checked here, before anything is printed

@@ -183,9 +183,8 @@ class Generator:
         """
         request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                repetition_penalty=repetition_penalty, min_p=min_p, seed=seed, user=user,
-                               max_chars=max_chars,
-                               stop_at_newline=stop_at_newline, allow_copies=allow_copies, stop=stop,
-                               min_new_tokens=min_new_tokens)
+                               max_chars=max_chars, stop_at_newline=stop_at_newline, allow_copies=allow_copies,
+                               stop=stop, min_new_tokens=min_new_tokens)
         return self.generate_request(prompt, n, request)
 
     def generate_request(self, prompt: str, n: int, request: Request) -> list[str]:
@@ -222,8 +221,7 @@ class Generator:
         """
         request = self.request(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                repetition_penalty=repetition_penalty, min_p=min_p, seed=seed, user=user,
-                               max_chars=max_chars,
-                               stop_at_newline=stop_at_newline, allow_copies=True, stop=stop,
+                               max_chars=max_chars, stop_at_newline=stop_at_newline, allow_copies=True, stop=stop,
                                min_new_tokens=min_new_tokens)
         steps, texts = self._start(prompt, 1, request)
         return self._pieces(steps, texts[0])

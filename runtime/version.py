@@ -1,7 +1,6 @@
 """The installed tweetgen's version (its distribution's metadata), for --version and the files an export writes."""
 
 
-
 def version() -> str:
     from importlib import metadata  # here, not at import: it loads the email and zipfile modules (~3 MB resident)
 

@@ -148,9 +148,8 @@ class Service:
             ids, held = gen._encode(prompt, voice)
             request = gen.request(max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
                                   top_k=options["top_k"], top_p=options["top_p"], min_p=options["min_p"],
-                                  seed=options["seed"], user=voice,
-                                  stop=options["stop"], min_new_tokens=options["min_new_tokens"],
-                                  max_chars=options["max_chars"])
+                                  seed=options["seed"], user=voice, stop=options["stop"],
+                                  min_new_tokens=options["min_new_tokens"], max_chars=options["max_chars"])
             gen.engine.check_length(len(ids), request.max_new_tokens)
         except ValueError as exc:
             raise BadRequest(422, str(exc), "prompt" if "prompt" in str(exc) else None, "invalid_value") from None
