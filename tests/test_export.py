@@ -269,6 +269,8 @@ def test_the_card_has_the_stats_given_and_no_tweet_text(exported):
     assert "not written by @alice, @bob" in card and "96.25" in card
     assert f"tweetgen-run -m {out} --user alice" in card  # the folder where it is, not exported/NAME
     assert f"ORTModelForCausalLM.from_pretrained({json.dumps(str(out))})" in card
+    assert "Sampling defaults (`generation_config.json`" in card
+    assert ": temperature 1, top-k 50, top-p 0.95, at most 64 new tokens." in card
     for text in (out / "README.md", out / "tweetgen.json"):
         content = text.read_text()
         assert "zebrafruit" not in content and "quixotrix" not in content

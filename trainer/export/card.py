@@ -25,7 +25,8 @@ WIDGET_PROMPT = "My dream is"
 
 def render_card(*, name: str, users: dict[str, dict[str, Any]], base_model: str, training: dict[str, Any],
                 evaluation: dict[str, Any], export: dict[str, Any], prompt_start: str = "",
-                license: str = "mit", path: str | None = None, loss_curve: bool = False) -> str:
+                license: str = "mit", path: str | None = None, loss_curve: bool = False,
+                sampling: dict[str, Any] | None = None) -> str:
     """The README.md text of an exported model folder.
 
     Args:
@@ -40,6 +41,7 @@ def render_card(*, name: str, users: dict[str, dict[str, Any]], base_model: str,
         license: a Hugging Face license id; "other" when the base model's is not known.
         path: the folder as its user names it (the usage snippets load it from there); default exported/NAME.
         loss_curve: the folder has loss.png, the training loss curve: the card shows it.
+        sampling: the folder's sampling defaults (generation_config.json's fields), named under "How to use".
     """
     path = path or f"exported/{name}"
     sections = [
@@ -48,7 +50,7 @@ def render_card(*, name: str, users: dict[str, dict[str, Any]], base_model: str,
         _data_section(users),
         _training_section(base_model, training, evaluation, loss_curve),
         _export_section(export),
-        _usage_section(path, users, prompt_start, export),
+        _usage_section(path, users, prompt_start, export, sampling or {}),
         _limitations_section(users),
         _license_section(license, base_model),
     ]
@@ -186,7 +188,8 @@ def _export_section(export: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _usage_section(path: str, users: dict[str, Any], prompt_start: str, export: dict[str, Any]) -> str:
+def _usage_section(path: str, users: dict[str, Any], prompt_start: str, export: dict[str, Any],
+                   sampling: dict[str, Any]) -> str:
     user = next(iter(users), None)
     prefix = (users[user].get("prefix") or "") if user else ""
     user_flag, user_arg = (f" --user {user}", f", user={_py(user)}") if user else ("", "")
@@ -210,7 +213,7 @@ from tweetgen import Generator
 gen = Generator.load({_py(path)})  # {picks}
 print(gen.generate("My dream is", n=3, seed=0{user_arg}))
 ```
-
+{_sampling_line(sampling)}
 With Optimum (`pip install "optimum-onnx[onnxruntime]"`), and `transformers.pipeline` on top of it. The prompt starts
 with what tweetgen puts before every prompt ({_py(prompt_start + prefix)}):
 
@@ -227,6 +230,24 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_token
 writer = pipeline("text-generation", model=model, tokenizer=tokenizer)
 print(writer({_py(prompt)}, max_new_tokens=40, do_sample=True)[0]["generated_text"])
 ```"""
+
+
+def _sampling_line(sampling: dict[str, Any]) -> str:
+    """The sampling defaults in words, for the usage section ("" when there are none to tell)."""
+    if not sampling:
+        return ""
+    if sampling.get("do_sample") is False or sampling.get("temperature") == 0:
+        said = "greedy"
+    else:
+        parts = [f"temperature {_value(sampling.get('temperature', 1.0))}"]
+        for key, label, off in (("top_k", "top-k", 0), ("top_p", "top-p", 1.0), ("min_p", "min-p", 0.0)):
+            value = sampling.get(key)
+            if value is not None and value != off:
+                parts.append(f"{label} {_value(value)}")
+        said = ", ".join(parts)
+    most = _value(sampling.get("max_new_tokens", 64))
+    return (f"\nSampling defaults (`generation_config.json`; `tweetgen-run`'s `-t -k -p --min-p` and `generate`'s "
+            f"arguments override them): {said}, at most {most} new tokens.\n")
 
 
 def _limitations_section(users: dict[str, Any]) -> str:

@@ -284,7 +284,8 @@ def _finish(tmp: Path, info: ExportInfo, report: ExportReport, out_dir: Path, se
     info_path.write_text(json.dumps(tweetgen, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     card = render_card(name=info.name, users=info.users, base_model=info.base_model, training=info.training,
                        evaluation=info.evaluation, export=report.to_json(), prompt_start=info.prompt_start,
-                       license=info.license, path=str(out_dir), loss_curve=(tmp / LOSS_CURVE).is_file())
+                       license=info.license, path=str(out_dir), loss_curve=(tmp / LOSS_CURVE).is_file(),
+                       sampling=info.sampling)
     (tmp / "README.md").write_text(card, encoding="utf-8")
     if info.license == "other":
         (tmp / UNKNOWN_LICENSE).write_text(
