@@ -67,9 +67,8 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         # (B, k) candidates in no order, found on the raw logits (temperature keeps the ranking).
         candidates = top_k_indices(logits, params.top_k)
     elif params.min_p > 0:  # min-p (and any top-p) keep a few of the likeliest tokens: only those are ranked
-        candidates = min_p_candidates(logits, params)
-        return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng,
-                    mass=_share(logits, candidates, params.temperature))
+        candidates, mass = min_p_candidates(logits, params)
+        return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng, mass=mass)
     elif params.top_p < 1.0:  # top-p alone: the nucleus is found without sorting the whole vocabulary
         candidates, mass = nucleus_candidates(logits, params)
         return draw(candidates, np.take_along_axis(logits, candidates, axis=-1), params, rng, mass=mass)
@@ -82,30 +81,25 @@ def _every_token(batch: int, vocab: int) -> np.ndarray:
     return np.broadcast_to(np.arange(vocab), (batch, vocab))
 
 
-def min_p_candidates(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+def min_p_candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray | None]:
     """(B, C) token ids holding every token that min-p keeps in each row (as many for every row: the most any row
-    keeps, each row's likeliest). After temperature T, a token is at least min_p times as likely as the row's
-    likeliest one when its logit is at least max + T * log(min_p): one comparison finds how many a row keeps."""
+    keeps, each row's likeliest), and, when top-p also filters, (B,) the share of each row's probability they hold
+    (as nucleus_candidates); None when top-p is off (then the share changes no draw) or the ids are every token.
+    After temperature, a token is at least min_p times as likely as the row's likeliest one when its scaled logit is
+    at least the row's largest + log(min_p): one comparison finds how many a row keeps."""
     batch, vocab = logits.shape
-    scaled = logits.astype(np.float64)
+    scaled = logits.astype(np.float64) / params.temperature
     with np.errstate(divide="ignore", invalid="ignore"):
-        floor = scaled.max(axis=-1, keepdims=True) + params.temperature * np.log(params.min_p)
-        keep = int((scaled >= floor).sum(axis=-1).max())
+        top = scaled.max(axis=-1, keepdims=True)
+        keep = int((scaled >= top + np.log(params.min_p)).sum(axis=-1).max())
     if not 0 < keep < vocab // 4:  # NaN rows, or most of the vocabulary: every token
-        return _every_token(batch, vocab)
-    return np.sort(top_k_indices(logits, keep), axis=-1)  # by id: equal logits rank as in the whole vocabulary
-
-
-def _share(logits: np.ndarray, candidates: np.ndarray, temperature: float) -> np.ndarray | None:
-    """(B,) the share of each row's probability (after temperature) that `candidates` hold; None when they are
-    the whole vocabulary."""
-    if candidates.shape[1] == logits.shape[1]:
-        return None
-    scaled = logits.astype(np.float64) / temperature
-    top = scaled.max(axis=-1, keepdims=True)
+        return _every_token(batch, vocab), None
+    candidates = np.sort(top_k_indices(logits, keep), axis=-1)  # by id: equal logits rank as in the whole vocabulary
+    if params.top_p >= 1.0:
+        return candidates, None
     with np.errstate(invalid="ignore"):
         weights = np.exp(scaled - top)
-    return np.take_along_axis(weights, candidates, axis=-1).sum(axis=-1) / weights.sum(axis=-1)
+    return candidates, np.take_along_axis(weights, candidates, axis=-1).sum(axis=-1) / weights.sum(axis=-1)
 
 
 NUCLEUS_BIN = 0.25  # nucleus_candidates: width of a histogram bin, in log-probability (nats)
