@@ -19,7 +19,8 @@ from .copies import CopyIndex
 from .engine import MAX_SAMPLES, Engine, Step, read_graph_spec
 from .errors import ModelFolderError, TweetgenError
 from .folder import DEVICES, VARIANTS, ModelFolder, read_folder
-from .hugepages import AUTO_MIN_BYTES, huge_page_heap
+from .hugepages import AUTO_MIN_BYTES, huge_page_heap, return_free_memory
+from .lookups import read_rows_on_demand
 from .request import Request
 from .text import TweetText
 
@@ -83,6 +84,13 @@ class Generator:
         elif device == "cuda" and folder.variant_path(precision, device).name == VARIANTS["int8"]:
             log.warning("running %s's int8 graph on CUDA: its quantized operators run on the CPU, with copies between "
                         "the two at every step (export the model with fp16 for the GPU)", folder.path)
+        try:
+            tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
+        except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
+            raise ModelFolderError(f"cannot read {folder.path / 'tokenizer.json'}: {exc}") from None
+        # Parsing tokenizer.json leaves its temporaries free in the heap (GPT-2's: 14 MB); returned before the
+        # session loads, they are not resident beside the weights.
+        return_free_memory()
         model_path, session = _open(folder, precision, device, threads, huge_pages)
         if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             # onnxruntime-gpu falls back to the CPU when its CUDA provider cannot start (see its own error above)
@@ -93,10 +101,6 @@ class Generator:
             log.warning("%s: running on the CPU", problem)
             device = "cpu"
             model_path, session = _open(folder, precision, device, threads, huge_pages)
-        try:
-            tokenizer = Tokenizer.from_file(str(folder.path / "tokenizer.json"))
-        except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
-            raise ModelFolderError(f"cannot read {folder.path / 'tokenizer.json'}: {exc}") from None
         eos = folder.eos_token_ids or _eos_from_tokenizer(tokenizer)
         try:
             spec = read_graph_spec(session, folder.config)
@@ -295,14 +299,18 @@ def _open(folder: ModelFolder, precision: str, device: str, threads: int | None,
           ) -> tuple[Path, ort.InferenceSession]:
     """The variant of `folder` to run on `device`, and its session (on 2 MB pages when `huge_pages`)."""
     model_path = folder.variant_path(precision, device)
-    # the graph and its external weights (model_quantized.onnx.data, model.onnx_data), if any
-    weights = sum(f.stat().st_size for f in (model_path, *model_path.parent.glob(model_path.name + "*data")))
+    # the graph's external weights (model_quantized.onnx.data, model.onnx_data), if any
+    data = sorted(model_path.parent.glob(model_path.name + "*data"))
+    weights = sum(f.stat().st_size for f in (model_path, *data))
     if huge_pages is None:
         huge_pages = weights >= AUTO_MIN_BYTES
     # the load's allocations (weights, their packed copies, temporaries) fit in three times the files
     heap = huge_page_heap(3 * weights + (64 << 20)) if huge_pages and device == "cpu" else nullcontext()
     with heap:
-        return model_path, open_session(model_path, device, threads)
+        session = open_session(model_path, device, threads)
+    if device == "cpu":
+        read_rows_on_demand(data)  # what the load left mapped is looked up a row at a time (tweetgen.lookups)
+    return model_path, session
 
 
 def _preload_cuda_libraries() -> None:

@@ -59,6 +59,16 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def return_free_memory() -> bool:
+    """Give the memory glibc's heap holds free back to the system (malloc_trim), e.g. after a parse that built and
+    dropped large temporaries. False where that cannot be done (another OS or C library)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 @contextmanager
 def huge_page_heap(reserve: int) -> Iterator[bool]:
     """While open, this process's allocations (up to 1 GB each) come from glibc's main heap, grown by `reserve`
