@@ -33,7 +33,6 @@ PROTOBUF_LIMIT = 2**31 - 2**24  # bytes; above this (with some margin) a model m
 INT8_BLOCK = 32  # weights per scale along a linear layer's input dimension
 EXTERNAL_DATA_BYTES = 64 * 2**20  # an int8 model above this keeps its weights in `<file>.data` (see quantize_int8)
 INT4_BLOCK = 32  # 4-bit weights per scale (quantize_int4)
-OUTPUT_PART_WEIGHTS = 8 * 2**20  # a quantized output layer with more weights is split (split_output_layer)
 INT8_METHODS = ("blockwise", "per_tensor")  # accurate everywhere / faster on x86 VNNI, fine on GPT-2
 # The 4-bit kinds the export tries, fastest first (measurements in benchmarks/README.md, "Quantization choices"):
 # "fast": blocks of 128 and the output layer 4-bit too (GPT-2 124M shape: 2.0 ms a token against llama.cpp q4_0's
@@ -100,7 +99,8 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
     large = is_large(fp32_path)
     prepare_for_quantization(model)
     _embeddings_per_row(model.graph)
-    keep = output_layers(model.graph) if output_layer_bits == 8 else []
+    head = output_layer(model.graph)
+    keep = [head] if head and output_layer_bits == 8 else []
     for bits, exclude in ((4, keep), (8, [])) if keep else ((4, []),):
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
                                          accuracy_level=4, nodes_to_exclude=exclude)
@@ -112,52 +112,21 @@ def quantize_int4(fp32_path: str | Path, out_path: str | Path, *, block_size: in
                                                          f"{output_layer_bits}-bit)")
 
 
-def output_layers(graph: onnx.GraphProto) -> list[str]:
-    """The names of the MatMuls that compute the logits: the constant-weight MatMuls met walking back from the
-    `logits` output (one, or the parts of a split output layer, `split_output_layer`), in graph order."""
+def output_layer(graph: onnx.GraphProto) -> str | None:
+    """The name of the MatMul that computes the logits (the first constant-weight MatMul met walking back from the
+    `logits` output), or None."""
     producers = {out: node for node in graph.node for out in node.output}
     constants = {init.name for init in graph.initializer}
-    todo, seen, found = ["logits"], set(), set()
+    todo, seen = ["logits"], set()
     while todo:
         node = producers.get(todo.pop(0))
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
         if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in constants:
-            found.add(node.name)
-            continue
+            return node.name
         todo.extend(node.input)
-    return [node.name for node in graph.node if node.name in found]
-
-
-def split_output_layer(graph: onnx.GraphProto, max_weights: int | None = None) -> int:
-    """Split a constant output layer of more than `max_weights` (default OUTPUT_PART_WEIGHTS) weights into MatMuls over equal runs of the
-    vocabulary, joined by a Concat: the same logits. onnxruntime packs each quantized weight at load with a
-    temporary as large as the weight; one 38 MB table (GPT-2's int8 output layer) raised the load's peak memory by
-    36 MB, parts of 8 MB by 2 (benchmarks/README.md). Returns the number of parts (1: left as it was)."""
-    max_weights = OUTPUT_PART_WEIGHTS if max_weights is None else max_weights
-    heads = output_layers(graph)
-    if len(heads) != 1:
-        return len(heads)
-    node = next(n for n in graph.node if n.name == heads[0])
-    initializers = {init.name: init for init in graph.initializer}
-    weight = numpy_helper.to_array(initializers[node.input[1]])
-    parts = -(-weight.size // max_weights)
-    if weight.ndim != 2 or parts < 2:
-        return 1
-    nodes, outputs = [], []
-    for k, columns in enumerate(np.array_split(np.arange(weight.shape[1]), parts)):
-        name = f"{node.input[1]}_part{k}"
-        graph.initializer.append(numpy_helper.from_array(
-            np.ascontiguousarray(weight[:, columns[0]:columns[-1] + 1]), name))
-        outputs.append(f"{node.output[0]}_part{k}")
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], [outputs[-1]], name=f"{node.name}_part{k}"))
-    nodes.append(helper.make_node("Concat", outputs, [node.output[0]], axis=-1, name=f"{node.name}_concat"))
-    if not any(node.input[1] in n.input for n in graph.node if n is not node):
-        graph.initializer.remove(initializers[node.input[1]])
-    at = list(graph.node).index(node)
-    _replace_nodes(graph, [*graph.node[:at], *nodes, *graph.node[at + 1:]])
-    return parts
+    return None
 
 
 def _finish_quantized(fp32_path: Path, out_path: Path, large: bool, label: str) -> int:
@@ -278,14 +247,12 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> None:
 
 
 def prepare_for_quantization(model: onnx.ModelProto) -> tuple[int, int]:
-    """Rewrite `model` in place so that the dynamic quantizer sees every constant-weight linear layer as MatMul, with
-    a large output layer in parts (split_output_layer).
+    """Rewrite `model` in place so that the dynamic quantizer sees every constant-weight linear layer as MatMul.
 
     Returns (Gemm nodes rewritten, Transpose nodes folded).
     """
     folded = _fold_constant_transposes(model.graph)
     rewritten = _gemm_to_matmul(model.graph)
-    split_output_layer(model.graph)
     return rewritten, folded
 
 
