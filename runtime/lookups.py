@@ -13,8 +13,8 @@ pages that no process maps are dropped, so the range comes back from the disk a 
 read). Measured on that model: 36 MB resident after 5 x 64 tokens before, 1 MB after (benchmarks/README.md). The
 price is a read from the disk, not the page cache, the first time a row is needed after a load. Dirty pages cannot be
 dropped, so the file is synced first: instant for a file written long ago, the rest of its write-back for a fresh
-export. Nothing is done
-where the calls do not exist (other systems) or fail: the advice changes what stays resident, never what is read.
+export. Nothing is done where the calls do not exist (other systems) or fail: the advice changes what stays
+resident, never what is read.
 """
 
 from __future__ import annotations
