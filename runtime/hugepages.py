@@ -47,7 +47,8 @@ def heap_span(maps: str) -> tuple[int, int] | None:
     return None
 
 
-def _glibc() -> ctypes.CDLL | None:
+def glibc() -> ctypes.CDLL | None:
+    """The C library, with the calls the runtime makes typed, on Linux with glibc; None elsewhere."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
     libc = ctypes.CDLL(None, use_errno=True)
@@ -62,7 +63,7 @@ def _glibc() -> ctypes.CDLL | None:
 def return_free_memory() -> bool:
     """Give the memory glibc's heap holds free back to the system (malloc_trim), e.g. after a parse that built and
     dropped large temporaries. False where that cannot be done (another OS or C library)."""
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return False
     libc.malloc_trim(0)
@@ -73,7 +74,7 @@ def return_free_memory() -> bool:
 def huge_page_heap(reserve: int) -> Iterator[bool]:
     """While open, this process's allocations (up to 1 GB each) come from glibc's main heap, grown by `reserve`
     bytes and advised to use 2 MB pages. Yields whether that was set up; the caller's work runs either way."""
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         yield False
         return

@@ -1,4 +1,4 @@
-"""Lookup tables mapped from a model's external data: only the rows a run reads stay resident (Linux).
+"""Lookup tables mapped from a model's external data: only the rows a run reads stay resident (Linux, glibc).
 
 onnxruntime maps a large model's external weights (`model_quantized.onnx.data`) and copies most of them into packed
 buffers at load; what it keeps mapped afterwards are tables it only looks rows up in, such as the token embedding
@@ -23,9 +23,10 @@ import ctypes
 import logging
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .hugepages import glibc
 
 log = logging.getLogger("tweetgen.runtime")
 _MADV_RANDOM = 1
@@ -72,13 +73,12 @@ def untouched(mappings: list[Mapping], files: list[Path]) -> list[Mapping]:
 def read_rows_on_demand(files: list[Path]) -> int:
     """Advise this process's untouched mappings of `files` (a session's external data, just after its load) to bring
     in only the pages that are read. Returns the bytes advised (0 where it cannot be done)."""
-    if not files or not sys.platform.startswith("linux"):
+    libc = glibc()
+    if not files or libc is None:
         return 0
     try:
         with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
             spans = untouched(file_mappings(smaps.read()), files)
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     except OSError as exc:
         log.debug("lookup tables: left as mapped (%s)", exc)
         return 0

@@ -2,11 +2,11 @@
 
 import mmap
 import os
-import sys
 
 import numpy as np
 import pytest
 
+from tweetgen.hugepages import glibc
 from tweetgen.lookups import file_mappings, read_rows_on_demand, untouched
 
 SMAPS = """\
@@ -46,7 +46,7 @@ def _rss_kb(path) -> int:
         return sum(m.rss_kb for m in file_mappings(smaps.read()) if m.path == os.path.realpath(path))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps and uses madvise")
+@pytest.mark.skipif(glibc() is None, reason="reads /proc/self/smaps and uses madvise (Linux, glibc)")
 def test_a_mapped_table_keeps_only_the_pages_read(tmp_path):
     page = mmap.PAGESIZE
     path = tmp_path / "table.data"
