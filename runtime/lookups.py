@@ -83,19 +83,27 @@ def read_rows_on_demand(files: list[Path]) -> int:
         log.debug("lookup tables: left as mapped (%s)", exc)
         return 0
     advised = 0
-    for span in spans:
-        length = span.end - span.start
-        if libc.madvise(span.start, length, _MADV_RANDOM) != 0:
-            log.debug("lookup tables: madvise refused (errno %d)", ctypes.get_errno())
+    for path in sorted({span.path for span in spans}):  # ORT maps each initializer on its own: a file has many
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            log.debug("lookup tables: cannot open %s (%s)", path, exc)
             continue
         try:
-            fd = os.open(span.path, os.O_RDONLY)
             try:
                 os.fdatasync(fd)  # pages not yet written back cannot be dropped (a fresh export); instant when clean
-                os.posix_fadvise(fd, span.offset, length, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.debug("lookup tables: posix_fadvise failed on %s (%s)", span.path, exc)
-        advised += length
+            except OSError as exc:
+                log.debug("lookup tables: fdatasync failed on %s (%s)", path, exc)
+            for span in (s for s in spans if s.path == path):
+                length = span.end - span.start
+                if libc.madvise(span.start, length, _MADV_RANDOM) != 0:
+                    log.debug("lookup tables: madvise refused (errno %d)", ctypes.get_errno())
+                    continue
+                try:
+                    os.posix_fadvise(fd, span.offset, length, os.POSIX_FADV_DONTNEED)
+                except OSError as exc:
+                    log.debug("lookup tables: posix_fadvise failed on %s (%s)", path, exc)
+                advised += length
+        finally:
+            os.close(fd)
     return advised
