@@ -106,8 +106,10 @@ class Engine:
                 rng: np.random.Generator, done: np.ndarray, min_new_tokens: int = 0) -> Iterator[Step]:
         """The decode loop, the same over every runner: choose a token per running row, decide which rows end,
         drop (or, on the device, mask) the finished rows, run the next step."""
-        top = 0 if min_new_tokens and len(self.eos_token_ids) else self._top_request(params)
-        runner = self._runner(top)
+        top = self._top_request(params)
+        # While end-of-text is forbidden the graph gives len(eos) more: the best `top` without them are among them.
+        extra = len(self.eos_token_ids) if top and min_new_tokens else 0
+        runner = self._runner(top + extra)
         scores = runner.prefill(prompt, n, len(prompt) + max_new_tokens - 1)
         batch = np.arange(n)  # the rows in the runner's batch, in batch order
         seen = None
@@ -119,7 +121,10 @@ class Engine:
             live = ~done[batch]  # (B,) rows of the batch still writing; all of them unless on the device
             rows = batch[live]
             row_scores = scores if live.all() else rows_of(scores, live)
-            if step < min_new_tokens and len(self.eos_token_ids):
+            if extra:
+                row_scores = self.best_without_end(*row_scores, top) if step < min_new_tokens \
+                    else (row_scores[0][:, :top], row_scores[1][:, :top])
+            elif step < min_new_tokens and len(self.eos_token_ids):
                 row_scores = self.forbid_end(row_scores)
             tokens = self._choose(row_scores, rows, params, rng, seen, top)
             ended = np.isin(tokens, self.eos_token_ids)
@@ -145,6 +150,12 @@ class Engine:
         logits = logits.copy()
         logits[:, self.eos_token_ids[self.eos_token_ids < logits.shape[-1]]] = -np.inf
         return logits
+
+    def best_without_end(self, values: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's best k of its ranked candidates (B, C) that are not end-of-text tokens, still ranked (C must
+        be at least k + len(eos_token_ids))."""
+        order = np.argsort(np.isin(ids, self.eos_token_ids), axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(values, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
     @staticmethod
     def _choose(scores: Scores, rows: np.ndarray, params: SamplingParams, rng: np.random.Generator,

@@ -194,6 +194,41 @@ def test_greedy_and_top_k_read_the_graph_s_best_tokens_and_draw_as_the_logits_do
     assert engine._top_request(SamplingParams(top_k=engine.spec.vocab_size)) == 0
 
 
+def test_with_end_of_text_forbidden_the_graph_s_best_tokens_draw_as_the_logits_do(fused_generator):
+    """min_new_tokens: the graph gives len(eos) more of its best tokens, and the best without end-of-text are drawn
+    from: the same tokens as forbidding end-of-text in the logits, and end-of-text is drawn only after."""
+    from tweetgen import Engine
+    from tweetgen.sampling import SamplingParams
+
+    base = fused_generator.engine
+    # The tiny model rarely draws its real end-of-text: a token it draws often plays that part here.
+    eos, least = int(run_engine(base, PROMPT, n=1, max_new_tokens=1)[0][0]), 6
+
+    def engine_ending_at(token, **options):
+        return Engine(base.session, base.spec, context_length=base.context_length, eos_token_ids=(token,), **options)
+
+    engine, logits_only = engine_ending_at(eos), engine_ending_at(eos, shared_cache=False)
+    assert engine._top_request(SamplingParams(top_k=5)) == 5 and logits_only._top_request(SamplingParams()) == 0
+
+    def rows(which, params, seed):
+        out = [[] for _ in range(4)]
+        for step in which.generate(PROMPT, n=4, max_new_tokens=30, params=params, rng=np.random.default_rng(seed),
+                                   min_new_tokens=least):
+            for row, token in zip(step.rows, step.tokens):
+                out[row].append(int(token))
+        return out
+
+    late = 0
+    for params in (SamplingParams(temperature=0), SamplingParams(temperature=1.5, top_k=5),
+                   SamplingParams(temperature=1.2, top_k=40, top_p=0.9)):
+        for seed in range(6):
+            want = rows(logits_only, params, seed)
+            assert rows(engine, params, seed) == want
+            assert all(eos not in row[:least] for row in want)
+            late += sum(eos in row for row in want)
+    assert late > 0, "end-of-text was never drawn after min_new_tokens: the test did not cover it"
+
+
 def test_a_graph_that_is_not_fused_cannot_share_its_cache():
     from tweetgen import Generator
 
