@@ -198,6 +198,100 @@ def test_a_request_in_a_shared_batch_writes_what_it_writes_alone(fused):
     assert scheduler.peak_rows == 10 and scheduler.steps < 2 * 30
 
 
+def test_rows_that_read_the_graph_s_best_tokens_write_what_they_write_alone(fused):
+    """Greedy and top-k jobs read each row's best tokens from the graph (not the logits), as many as the batch's
+    widest need: a job with another k joins (its scores padded to one width), a job that may not end yet asks for
+    more (its best without end-of-text), and a top-p-only job that needs the logits joins while the others read
+    best tokens (theirs turned back into logits). Each job's texts equal Generator.generate's alone."""
+    scheduler = Scheduler(fused, max_rows=16)
+    steps: list = []
+    tops: list = []
+    step = scheduler.slots.step
+
+    def watched(tokens, top=0):
+        tops.append(top)
+        return step(tokens, top)
+
+    scheduler.slots.step = watched
+    jobs = [dict(prompt="My dream is", n=2, seed=1, temperature=0.0),
+            dict(prompt="Hello", n=2, seed=7, top_k=12, min_new_tokens=12),
+            dict(prompt="The moon", n=1, seed=3, top_k=9)]
+    later = [dict(prompt="Today I", n=2, seed=5, top_k=30),
+             dict(prompt="Why", n=1, seed=2, top_k=0, top_p=0.8)]
+    outs: list = []
+
+    def submit(options):
+        ids, held = fused._encode(options["prompt"], None)
+        out, finished = {}, threading.Event()
+
+        def emit(kind, *args):
+            if kind == "done":
+                out[args[0]] = args[1]
+            elif kind in ("end", "error"):
+                out["error"] = args[0] if args else None
+                finished.set()
+            if kind == "delta" and len(steps) < 2:  # the first two pieces of text: the later jobs join then
+                steps.append(kind)
+                submit(later[len(steps) - 1])
+
+        extra = {k: v for k, v in options.items() if k not in ("prompt", "n", "seed")}
+        request = fused.request(seed=options["seed"], max_new_tokens=30, max_chars=None,
+                                **{"temperature": 1.0, **extra})
+        scheduler.submit(Job(ids=ids, n=options["n"], request=request, held=held, emit=emit))
+        outs.append((options, out, finished))
+
+    for options in jobs:
+        submit(options)
+    scheduler.start()
+    try:
+        for _ in range(600):
+            if len(outs) == 5 and all(finished.is_set() for _, _, finished in outs):
+                break
+            threading.Event().wait(0.1)
+        assert len(outs) == 5 and all(finished.is_set() for _, _, finished in outs)
+    finally:
+        scheduler.stop()
+    for options, out, _ in outs:
+        extra = {k: v for k, v in options.items() if k not in ("prompt", "n", "seed")}
+        alone = fused.generate(options["prompt"], n=options["n"], seed=options["seed"], max_new_tokens=30,
+                               max_chars=None, **{"temperature": 1.0, **extra})
+        assert out.get("error") is None and [out[i] for i in range(options["n"])] == alone, options
+    eos = len(fused.engine.eos_token_ids)
+    assert tops[0] == 12 + eos  # the widest need at the first step: top-k 12 + eos while that job may not end
+    assert 30 in tops and 0 in tops  # top-k 30 joined; the top-p-only job needed the logits
+
+
+def test_one_row_jobs_that_wait_together_run_their_prompts_in_one_prefill(fused):
+    """Jobs waiting when the scheduler admits them: the one-row jobs whose prompts have one length run their
+    prompts together (a run of 3 rows), the others alone; each job still writes what it writes alone."""
+    scheduler = Scheduler(fused, max_rows=16)
+    runs: list = []
+    run = scheduler.slots._run
+
+    def watched(ids, *args):
+        runs.append(ids.shape)
+        return run(ids, *args)
+
+    scheduler.slots._run = watched
+    same = ["I love you", "Today I", "My cat"]
+    lengths = {len(fused._encode(p, None)[0]) for p in same}
+    assert len(lengths) == 1, "the test needs prompts of one length"
+    jobs = [(same[0], 1, 4, 20), ("Hello", 1, 1, 0), (same[1], 1, 9, 0), (same[2], 2, 6, 20), (same[2], 1, 8, 20)]
+    results = [collect(scheduler, fused, p, n, seed, top_k) for p, n, seed, top_k in jobs]
+    scheduler.start()
+    try:
+        for _, finished in results:
+            assert finished.wait(60)
+    finally:
+        scheduler.stop()
+    for (prompt, n, seed, top_k), (out, _) in zip(jobs, results):
+        alone = fused.generate(prompt, n=n, seed=seed, max_new_tokens=30, temperature=1.0, top_k=top_k,
+                               max_chars=None)
+        assert out.get("error") is None and [out[i] for i in range(n)] == alone
+    size = lengths.pop()  # the prompts' runs (the steps run through SlotBatch.step)
+    assert sorted(runs) == sorted([(3, size), (1, len(fused._encode("Hello", None)[0])), (1, size)])
+
+
 def test_a_client_that_goes_away_frees_its_rows(fused):
     """A streamed request that would write 100 tokens: the client reads its first event and closes the connection;
     its rows leave the batch long before 100 steps."""
@@ -288,7 +382,7 @@ def test_the_slot_buffers_never_take_huge_pages(fused):
 
     batch = SlotBatch(fused.engine, 512)  # buffers of 8 MB each: large enough for NumPy's advice
     assert batch.buffers[0].nbytes >= 8 << 20
-    batch.join(np.array(fused._encode("My dream is", None)[0]), 2)
+    batch.join(np.array([fused._encode("My dream is", None)[0]]), 2)
     for buffer in batch.buffers:
         eligible = _huge_page_eligible(buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes)
         if eligible is None:

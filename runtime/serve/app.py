@@ -166,7 +166,7 @@ class Service:
         def emit(*event: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        job = Job(ids=ids, n=n, request=request, held=held, emit=emit)
+        job = Job(ids=ids, n=n, request=request, held=held, emit=emit, deltas=on_delta is not None)
         self.scheduler.submit(job)
         out: list[dict] = [{} for _ in range(n)]
         try:
