@@ -15,8 +15,10 @@ client sends its next request when its last one is answered) until C x --request
 (temperature 1, top-k 50, top-p 0.95): tweetgen with min_tokens = max_tokens and no 280-character cut, llama.cpp
 with ignore_eos; an answer
 with another token count is counted apart and not timed. Reported: tweets/s, p50 and p95 latency, each server's
-peak RSS and its CPU use while idle (a batching loop must not spin), the ratios at each concurrency, and the latency
-of Generator.generate called directly in this process (no server) as the 1-client baseline.
+peak RSS and its CPU use while idle (a batching loop must not spin), the ratios at each concurrency, the latency
+of Generator.generate called directly in this process (no server) as the 1-client baseline (timed in each round
+right after the servers' 1-client runs), and the tweets/s of one generate call that writes as many tweets as the
+most clients: the ceiling of any batching server on this machine.
 """
 
 from __future__ import annotations
@@ -223,19 +225,32 @@ def malformed(port: int, count: int) -> dict[int, int]:
     return dict(sorted(statuses.items()))
 
 
-def direct_latency(model: str, new_tokens: int, prompt: str, voice: str | None, repeats: int,
-                   threads: int | None, precision: str = "auto") -> float:
-    """Median seconds of Generator.generate for one tweet of new_tokens tokens, in this process."""
-    from tweetgen import Generator
+class Direct:
+    """Generator.generate in this process (no server): the 1-client baseline, timed in each round beside the
+    servers' 1-client runs, and the ceiling of any batching server at C clients (one generate call of C tweets: one
+    prefill, every step at the full batch)."""
 
-    generator = Generator.load(model, device="cpu", threads=threads, precision=precision)
-    times = []
-    for seed in range(repeats):
+    def __init__(self, model: str, new_tokens: int, prompt: str, voice: str | None, threads: int | None,
+                 precision: str) -> None:
+        from tweetgen import Generator
+
+        self.generator = Generator.load(model, device="cpu", threads=threads, precision=precision)
+        self.options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, max_chars=None, user=voice,
+                            allow_copies=True, **SAMPLING)
+        self.prompt = prompt
+
+    def seconds(self, n: int, seed: int) -> float:
         start = time.perf_counter()
-        generator.generate(prompt, seed=seed, max_new_tokens=new_tokens, min_new_tokens=new_tokens, max_chars=None,
-                           user=voice, allow_copies=True, **SAMPLING)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        self.generator.generate(self.prompt, n=n, seed=seed, **self.options)
+        return time.perf_counter() - start
+
+    def latencies(self, count: int, first_seed: int) -> list[float]:
+        return [self.seconds(1, seed) for seed in range(first_seed, first_seed + count)]
+
+    def ceiling(self, batch: int, repeats: int) -> float:
+        """The median tweets/s of one generate call that writes `batch` tweets together."""
+        self.seconds(batch, 0)  # untimed: the first run at a new batch shape
+        return batch / statistics.median(self.seconds(batch, seed) for seed in range(1, repeats + 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"model": args.model, "precision": args.precision, "gguf": args.gguf,
                      "new_tokens": args.new_tokens, "rounds": args.rounds, "runs": {}, "per_round": []}
     servers: dict[str, Server] = {}
+    direct = Direct(args.model, args.new_tokens, args.prompt, voice, args.threads, args.precision)
+    direct.latencies(1, 0)  # untimed: its first run
+    direct_latencies: list[float] = []
     try:
         servers["batching"] = Server(args.model, True, args.threads, args.precision)
         servers["no-batching"] = Server(args.model, False, args.threads, args.precision)
@@ -315,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"p50 {run['p50_s']:.3f} s  p95 {run['p95_s']:.3f} s"
                           + (f"  ({run['wrong_length']} of another length)" if run["wrong_length"] else ""),
                           flush=True)
+                if clients == 1:  # the baseline, in the same minutes as the servers' 1-client runs
+                    took = direct.latencies(args.requests, 1000 * (round_ + 1))
+                    direct_latencies += took
+                    this_round["direct_p50_s"] = statistics.median(took)
+                    print(f"round {round_ + 1} {'direct':12}   1 client:  Generator.generate in this process, "
+                          f"p50 {this_round['direct_p50_s']:.3f} s", flush=True)
                 results["per_round"].append(this_round)
         for mode, server in servers.items():
             runs = []
@@ -339,9 +363,15 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", {run['wrong_length']} of another length)" if run["wrong_length"] else ")"))
         print(f"{mode:12} idle CPU {result['idle_cpu_fraction']:.1%} of a core over 2 s, peak RSS "
               f"{result['peak_rss_mb']:.0f} MB")
-    direct = direct_latency(args.model, args.new_tokens, args.prompt, voice, 5, args.threads, args.precision)
-    results["direct_generate_s"] = direct
-    print(f"\nGenerator.generate in-process, 1 tweet: {direct:.3f} s (median of 5)")
+    most = max(args.clients)
+    ceiling = direct.ceiling(most, 5)
+    results["in_process_ceiling"] = {"clients": most, "tweets_per_s": ceiling}
+    if direct_latencies:
+        results["direct_generate_s"] = statistics.median(direct_latencies)
+        print(f"\nGenerator.generate in-process, 1 tweet: p50 {results['direct_generate_s']:.3f} s "
+              f"({len(direct_latencies)} calls, in the rounds)")
+    print(f"Generator.generate in-process, {most} tweets in one call: {ceiling:.2f} tweets/s (median of 5), the most "
+          f"a batching server can answer at {most} clients here")
     peers = [peer for peer in ("no-batching", "llama.cpp") if peer in results["runs"]]
     for peer in peers:
         print(f"\nratios, tweetgen-serve (batching) / {peer}: all rounds together, then [round by round]")
@@ -352,9 +382,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {on['clients']:3} clients: tweets/s x{_ratio(on['tweets_per_s'], off['tweets_per_s'])} [{per}], "
                   f"p50 latency x{_ratio(on['p50_s'], off['p50_s'])}, p95 latency x{_ratio(on['p95_s'], off['p95_s'])} "
                   f"[{per95}]")
+    for peer in peers:
+        theirs = next(run for run in results["runs"][peer]["runs"] if run["clients"] == most)["tweets_per_s"]
+        per = ", ".join(_ratio(ceiling, r[peer]["tweets_per_s"]) for r in results["per_round"] if r["clients"] == most)
+        print(f"in-process ceiling at {most} clients / {peer}'s tweets/s: x{_ratio(ceiling, theirs)} [{per}]")
     one = results["runs"]["batching"]["runs"][0]
     if one["clients"] == 1:
-        print(f"\n1 client, batching server p50 / direct generate: x{one['p50_s'] / direct:.2f}")
+        per = ", ".join(_ratio(r["batching"]["p50_s"], r["direct_p50_s"])
+                        for r in results["per_round"] if r["clients"] == 1)
+        print(f"\n1 client, batching server p50 / direct generate p50: "
+              f"x{_ratio(one['p50_s'], results['direct_generate_s'])} [{per}]")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0
