@@ -201,8 +201,9 @@ def test_a_request_in_a_shared_batch_writes_what_it_writes_alone(fused):
 def test_rows_that_read_the_graph_s_best_tokens_write_what_they_write_alone(fused):
     """Greedy and top-k jobs read each row's best tokens from the graph (not the logits), as many as the batch's
     widest need: a job with another k joins (its scores padded to one width), a job that may not end yet asks for
-    more (its best without end-of-text), and a top-p-only job that needs the logits joins while the others read
-    best tokens (theirs turned back into logits). Each job's texts equal Generator.generate's alone."""
+    more (its best without end-of-text), and a top-p-only job and a job with a repetition penalty, which need the
+    logits, join while the others read best tokens (theirs turned back into logits). Each job's texts equal
+    Generator.generate's alone."""
     scheduler = Scheduler(fused, max_rows=16)
     steps: list = []
     tops: list = []
@@ -217,7 +218,8 @@ def test_rows_that_read_the_graph_s_best_tokens_write_what_they_write_alone(fuse
             dict(prompt="Hello", n=2, seed=7, top_k=12, min_new_tokens=12),
             dict(prompt="The moon", n=1, seed=3, top_k=9)]
     later = [dict(prompt="Today I", n=2, seed=5, top_k=30),
-             dict(prompt="Why", n=1, seed=2, top_k=0, top_p=0.8)]
+             dict(prompt="Why", n=1, seed=2, top_k=0, top_p=0.8),
+             dict(prompt="Hello", n=2, seed=4, top_k=20, repetition_penalty=1.3)]
     outs: list = []
 
     def submit(options):
@@ -230,7 +232,7 @@ def test_rows_that_read_the_graph_s_best_tokens_write_what_they_write_alone(fuse
             elif kind in ("end", "error"):
                 out["error"] = args[0] if args else None
                 finished.set()
-            if kind == "delta" and len(steps) < 2:  # the first two pieces of text: the later jobs join then
+            if kind == "delta" and len(steps) < len(later):  # the first pieces of text: the later jobs join then
                 steps.append(kind)
                 submit(later[len(steps) - 1])
 
@@ -245,10 +247,10 @@ def test_rows_that_read_the_graph_s_best_tokens_write_what_they_write_alone(fuse
     scheduler.start()
     try:
         for _ in range(600):
-            if len(outs) == 5 and all(finished.is_set() for _, _, finished in outs):
+            if len(outs) == 6 and all(finished.is_set() for _, _, finished in outs):
                 break
             threading.Event().wait(0.1)
-        assert len(outs) == 5 and all(finished.is_set() for _, _, finished in outs)
+        assert len(outs) == 6 and all(finished.is_set() for _, _, finished in outs)
     finally:
         scheduler.stop()
     for options, out, _ in outs:
