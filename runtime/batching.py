@@ -425,7 +425,7 @@ class Scheduler:
                 return 0
             need = max(need, (1 if sampling.greedy else sampling.top_k)
                        + (eos if job.step < job.request.min_new_tokens else 0))
-        return need
+        return need if vocab is not None and need <= vocab else 0  # (asking for more than the graph has)
 
     def _choose(self, running: list[Job], rows: list[tuple[Job, int]], scores: np.ndarray) -> np.ndarray:
         """The next token of every running row: each job draws for its rows, in row order, from its own generator

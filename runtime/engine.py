@@ -109,6 +109,8 @@ class Engine:
         top = self._top_request(params)
         # While end-of-text is forbidden the graph gives len(eos) more: the best `top` without them are among them.
         extra = len(self.eos_token_ids) if top and min_new_tokens else 0
+        if top + extra > (self.spec.vocab_size or 0):  # more than the graph has: the logits
+            top = extra = 0
         runner = self._runner(top + extra)
         scores = runner.prefill(prompt, n, len(prompt) + max_new_tokens - 1)
         batch = np.arange(n)  # the rows in the runner's batch, in batch order

@@ -227,6 +227,12 @@ def test_with_end_of_text_forbidden_the_graph_s_best_tokens_draw_as_the_logits_d
             assert all(eos not in row[:least] for row in want)
             late += sum(eos in row for row in want)
     assert late > 0, "end-of-text was never drawn after min_new_tokens: the test did not cover it"
+    # top-k plus the end-of-text tokens over the vocabulary: the logits, the same tokens
+    vocab, other = base.spec.vocab_size, (eos + 1) % base.spec.vocab_size
+    wide = SamplingParams(temperature=1.5, top_k=vocab - 1)
+    two_ends = [Engine(base.session, base.spec, context_length=base.context_length, eos_token_ids=(eos, other),
+                       **options) for options in ({}, {"shared_cache": False})]
+    assert rows(two_ends[0], wide, 0) == rows(two_ends[1], wide, 0)
 
 
 def test_a_graph_that_is_not_fused_cannot_share_its_cache():
