@@ -417,15 +417,16 @@ class Scheduler:
         the logits), as Engine does for one call: when every job chooses among its top-k (or greedy) without a
         repetition penalty; len(eos) more while a job may not end yet (its best without them are among them)."""
         vocab, eos = self.engine.spec.vocab_size, len(self.engine.eos_token_ids)
+        if vocab is None:
+            return 0
         need = 0
         for job in jobs:
             sampling = job.request.sampling
-            if vocab is None or sampling.repetition_penalty != 1.0 or \
-                    not (sampling.greedy or 0 < sampling.top_k < vocab):
+            if sampling.repetition_penalty != 1.0 or not (sampling.greedy or 0 < sampling.top_k < vocab):
                 return 0
             need = max(need, (1 if sampling.greedy else sampling.top_k)
                        + (eos if job.step < job.request.min_new_tokens else 0))
-        return need if vocab is not None and need <= vocab else 0  # (asking for more than the graph has)
+        return need if need <= vocab else 0  # (not more than the graph has)
 
     def _choose(self, running: list[Job], rows: list[tuple[Job, int]], scores: np.ndarray) -> np.ndarray:
         """The next token of every running row: each job draws for its rows, in row order, from its own generator
